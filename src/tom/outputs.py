@@ -1,0 +1,82 @@
+"""A run directory's files (DESIGN.md contract), written atomically.
+
+    metrics.csv   one row per evaluation        weights.csv  weight by age bin, per refit
+    config.json   resolved config, versions,    policy.pt    final policy network
+                  git commit, seed, wall time
+
+While training, progress goes to ``metrics.partial.csv``; the contract files appear only when
+the run has finished, so a crashed run never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from tom.config import RunConfig
+from tom.mbpo import TrainResult
+
+RUN_FILES = ("metrics.csv", "weights.csv", "config.json", "policy.pt")
+PARTIAL_METRICS = "metrics.partial.csv"
+
+
+def atomic_write(path: Path, write: Any, binary: bool = False) -> None:
+    """Write via a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write(path, lambda fh: pd.DataFrame(rows).to_csv(fh, index=False))
+
+
+def git_commit() -> str:
+    """Commit of the checkout this package runs from ('unknown' outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).parent, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import mujoco
+    import numpy
+
+    import tom
+
+    return {"tom": tom.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__,
+            "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}
+
+
+def write_run(out: Path, cfg: RunConfig, result: TrainResult, wall_time: float) -> None:
+    """Write the four contract files; config.json last, so its presence marks completion."""
+    write_csv(out / "metrics.csv", result.metrics)
+    write_csv(out / "weights.csv", result.weights)
+    actor = result.agent.actor.state_dict()
+    atomic_write(out / "policy.pt", lambda fh: torch.save(actor, fh), binary=True)
+    meta = {"config": cfg.to_dict(), "versions": versions(), "git_commit": git_commit(),
+            "seed": cfg.seed, "wall_time_s": wall_time, "platform": platform.platform()}
+    atomic_write(out / "config.json", lambda fh: json.dump(meta, fh, indent=2))
+    (out / PARTIAL_METRICS).unlink(missing_ok=True)

@@ -1,0 +1,119 @@
+"""Exact tabular quantities: occupancies by linear solve, the §3 lower bound, the dual's optimum.
+
+These are the ground truth the tests and the derivation notebook compare the library against.
+Arrays are NumPy float64: T[s, a, s'], π[s, a], μ0[s], r[s, a].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tom.objectives.tom import dual_loss, dual_residual, occupancy_weights
+
+
+@dataclass
+class TabularMDP:
+    T: np.ndarray  # [S, A, S'] transition probabilities
+    mu0: np.ndarray  # [S] initial-state distribution
+    r: np.ndarray  # [S, A] rewards
+    gamma: float
+
+    @property
+    def n_states(self) -> int:
+        return self.T.shape[0]
+
+    @property
+    def n_actions(self) -> int:
+        return self.T.shape[1]
+
+
+def random_simplex(rng: np.random.Generator, shape: tuple[int, ...], concentration: float = 1.0
+                   ) -> np.ndarray:
+    """Dirichlet draws along the last axis (strictly positive, so supports are full)."""
+    return rng.dirichlet(np.full(shape[-1], concentration), size=shape[:-1])
+
+
+def random_mdp(rng: np.random.Generator, n_states: int = 6, n_actions: int = 3,
+               gamma: float = 0.9, positive_reward: bool = True) -> TabularMDP:
+    """A random MDP with full-support dynamics and (optionally) rewards in (0, 1]."""
+    T = random_simplex(rng, (n_states, n_actions, n_states))
+    mu0 = random_simplex(rng, (n_states,))
+    r = rng.uniform(0.05, 1.0, (n_states, n_actions)) if positive_reward else \
+        rng.normal(size=(n_states, n_actions))
+    return TabularMDP(T, mu0, r, gamma)
+
+
+def occupancy(T: np.ndarray, pi: np.ndarray, mu0: np.ndarray, gamma: float) -> np.ndarray:
+    """d^π_T(s,a) = (1−γ) Σ_t γ^t Pr(s_t=s, a_t=a), the unique solution of the flow equations
+
+        d(s',a') = (1−γ) μ0(s') π(a'|s') + γ Σ_{s,a} d(s,a) T(s'|s,a) π(a'|s').
+    """
+    S, A = pi.shape
+    P = (T[:, :, :, None] * pi[None, None, :, :]).reshape(S * A, S * A)  # (s,a) -> (s',a')
+    p0 = (mu0[:, None] * pi).reshape(S * A)
+    d = np.linalg.solve(np.eye(S * A) - gamma * P.T, (1.0 - gamma) * p0)
+    return d.reshape(S, A)
+
+
+def normalised_return(mdp: TabularMDP, pi: np.ndarray, T: np.ndarray | None = None) -> float:
+    """J(π, T) = E_{d^π_T}[r] (T defaults to the MDP's own dynamics)."""
+    d = occupancy(mdp.T if T is None else T, pi, mdp.mu0, mdp.gamma)
+    return float((d * mdp.r).sum())
+
+
+def transition_occupancy(d: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """d(s,a,s') = d(s,a) T(s'|s,a)."""
+    return d[:, :, None] * T
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p ‖ q) over all entries (0 log 0 = 0)."""
+    mask = p > 0
+    return float((p[mask] * (np.log(p[mask]) - np.log(q[mask]))).sum())
+
+
+def lower_bound(mdp: TabularMDP, pi: np.ndarray, T_model: np.ndarray) -> float:
+    """E_{d^π_T̂}[log r] − KL(d^π_T̂(s,a,s') ‖ d^π_T(s,a,s')), which is ≤ log J(π, T) (§3)."""
+    d_model = occupancy(T_model, pi, mdp.mu0, mdp.gamma)
+    d_real = occupancy(mdp.T, pi, mdp.mu0, mdp.gamma)
+    mismatch = kl_divergence(transition_occupancy(d_model, T_model),
+                             transition_occupancy(d_real, mdp.T))
+    return float((d_model * np.log(mdp.r)).sum()) - mismatch
+
+
+def solve_dual(mdp: TabularMDP, pi: np.ndarray, d_replay: np.ndarray, rho: np.ndarray,
+               divergence: str = "chi2", max_iter: int = 500) -> np.ndarray:
+    """Solve the §4 dual with one-hot features to convergence and return w*(s,a).
+
+    Uses the library's own `dual_residual`, `dual_loss` and `occupancy_weights` (the code
+    training uses), with exact expectations over s' and a' in place of samples, and
+    L-BFGS in float64 on the table Q(s,a). ``rho`` is any shaping reward [S, A].
+    """
+    S, A = pi.shape
+    t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+    T, pi_t, p_replay = t(mdp.T), t(pi), t(d_replay).reshape(-1)
+    p0 = t(mdp.mu0[:, None] * pi).reshape(-1)
+    rho_t = t(rho).reshape(-1)
+    q = torch.zeros(S * A, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([q], lr=1.0, max_iter=max_iter, tolerance_grad=1e-13,
+                            tolerance_change=1e-15, history_size=50,
+                            line_search_fn="strong_wolfe")
+
+    def residual() -> torch.Tensor:
+        v = (pi_t * q.reshape(S, A)).sum(-1)  # V(s') = Σ_a' π(a'|s') Q(s',a')
+        next_v = (T @ v).reshape(-1)  # E_{s'~T(·|s,a)} V(s'), exact
+        return dual_residual(rho_t, q, next_v, torch.zeros_like(q), mdp.gamma)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = dual_loss(q, residual(), mdp.gamma, divergence, p0=p0, p_replay=p_replay)
+        loss.backward()
+        return loss
+
+    for _ in range(20):
+        opt.step(closure)
+    with torch.no_grad():
+        return occupancy_weights(residual(), divergence).reshape(S, A).numpy()
