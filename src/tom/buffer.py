@@ -22,7 +22,9 @@ class Transition(NamedTuple):
     next_obs: Tensor  # [B, obs_dim]
     done: Tensor  # [B], float 0/1
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Number of transitions (``len()`` stays the tuple's length, 5, as NamedTuple needs)."""
         return self.obs.shape[0]
 
     def index(self, idx: Tensor | slice) -> Transition:
@@ -43,7 +45,8 @@ def weighted_indices(weights: Tensor, num: int) -> Tensor:
     all of them agree on what "proportional to w" means. Uses the global torch RNG.
     """
     if weights.ndim != 1 or weights.numel() == 0:
-        raise ValueError(f"weights must be a non-empty 1-d tensor, got shape {tuple(weights.shape)}")
+        raise ValueError("weights must be a non-empty 1-d tensor, "
+                         f"got shape {tuple(weights.shape)}")
     total = weights.sum()
     if not torch.isfinite(total) or total <= 0 or (weights < 0).any():
         raise ValueError("weights must be finite, non-negative and not all zero")
@@ -89,7 +92,7 @@ class ReplayBuffer:
 
     def add_batch(self, batch: Transition, policy_updates: int = 0) -> None:
         """Insert a batch in order (the last row becomes the newest)."""
-        n = len(batch)
+        n = batch.size
         if n > self.capacity:  # only the newest `capacity` rows would survive
             batch = batch.index(slice(n - self.capacity, n))
             self.inserted += n - self.capacity

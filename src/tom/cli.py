@@ -14,14 +14,22 @@ def _train(args: argparse.Namespace) -> int:
     # Validate everything before any compute is spent (and before importing the heavy parts).
     cfg = resolve(args.env, args.objective, seed=args.seed, preset=args.preset,
                   overrides=args.set, device=args.device)
+    if args.threads < 1:
+        raise ConfigError(f"--threads = {args.threads} is not allowed: it must be >= 1")
     if cfg.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("config key 'device' = 'cuda' is not allowed here: "
                               "torch sees no CUDA device (use --device cpu)")
+    import torch
+
     from tom.mbpo import train
     from tom.outputs import PARTIAL_METRICS, write_csv, write_run
+
+    # Small networks gain little from intra-op threads, and oversubscribed cores (parallel
+    # pipeline jobs) make each op many times slower: one thread per run by default.
+    torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides, e.g. model.kind=ensemble schedule.epochs=5")
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_train)
     ev = sub.add_parser("envs", help="list tasks, objectives and presets")

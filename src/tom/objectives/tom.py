@@ -223,7 +223,7 @@ class TOMObjective(Objective):
     def _all_weights(self, buf: ReplayBuffer, agent, rho_fn, recent: Tensor,
                      chunk: int = 65_536) -> Tensor:
         data, parts = buf.all(), []
-        for lo in range(0, len(data), chunk):
+        for lo in range(0, data.size, chunk):
             sl = slice(lo, lo + chunk)
             batch = data.index(sl)
             a_next, _ = agent.sample(batch.next_obs)

@@ -1,0 +1,477 @@
+"""Learned dynamics models p(r, s' | s, a): the paper code's mixture-density network and MBPO's
+probabilistic ensemble, behind one interface.
+
+Both predict the targets y = [reward, Δs = s' − s] from x = [s, a], on inputs and targets
+normalised with statistics of the fit's training split, and both share one fit (ALGORITHM.md
+§5 step 4): a random holdout, bounded "epochs" of minibatches, per-sample weights (by
+importance resampling or inside the loss), a w-weighted holdout NLL with early stopping, and
+the best-holdout parameters restored at the end. The weighting is the only thing that makes
+TOM differ from MLE, so it is implemented once, here, for both models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tom.buffer import Transition, weighted_indices
+from tom.config import ModelConfig
+
+TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_MIN_STD = 1e-6  # a normalisation std below this is replaced by 1 (MBPO's scaler)
+_MIN_VAR = 1e-6  # MDN variance floor in normalised units: keeps the NLL bounded below
+
+
+@dataclass
+class FitResult:
+    """What one fit did; `holdout_loss` is what the training loop logs."""
+
+    holdout_loss: float  # Σ w·nll / Σ w of the final (restored) model on the holdout
+    epochs: int  # epochs run (each `steps_per_epoch` minibatches)
+    steps: int  # gradient steps taken
+    train_loss: float  # last epoch's mean training objective, per member
+    initial_holdout_loss: float  # same measure before this fit's first step
+    member_holdout_losses: list[float]  # best weighted holdout NLL per member (MDN: one)
+    elites: list[int]  # members used by `step` (MDN: [0])
+    stopped_early: bool
+    n_train: int
+    n_holdout: int
+    holdout_history: list[float] = field(default_factory=list)  # mean over members, per epoch
+    holdout_index: Tensor | None = field(default=None, repr=False)  # rows held out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly fields (the holdout index is left out)."""
+        out = asdict(self)
+        out.pop("holdout_index")
+        return out
+
+
+def check_weights(weights: Tensor | None, n: int, device: torch.device) -> Tensor | None:
+    """Validate per-sample weights before any compute, so a bad objective fails loudly."""
+    if weights is None:
+        return None
+    if not isinstance(weights, Tensor):
+        raise ValueError(f"weights must be a torch.Tensor or None, got {type(weights).__name__}")
+    if weights.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), one per transition, "
+                         f"got {tuple(weights.shape)}")
+    w = weights.detach().to(device=device, dtype=torch.float32)
+    bad = int((~torch.isfinite(w)).sum())
+    if bad:
+        raise ValueError(f"weights must be finite: {bad} of {n} are nan or inf")
+    negative = int((w < 0).sum())
+    if negative:
+        raise ValueError(f"weights must be non-negative: {negative} of {n} are negative "
+                         f"(min {w.min().item():.3g})")
+    total = w.sum()
+    if not torch.isfinite(total):
+        raise ValueError("weights are too large: their sum overflows float32")
+    if total <= 0:
+        raise ValueError("weights are all zero: at least one transition needs positive weight")
+    return w
+
+
+def _weighted_mean(values: Tensor, w: Tensor | None) -> Tensor:
+    """Mean over the last dim, Σ w·v / Σ w when weighted (broadcast over leading dims)."""
+    if w is None:
+        return values.mean(-1)
+    return (w * values).sum(-1) / w.sum(-1).clamp_min(1e-30)
+
+
+def _gaussian_log_prob(y: Tensor, mean: Tensor, var: Tensor, logvar: Tensor) -> Tensor:
+    return -0.5 * ((y - mean) ** 2 / var + logvar + _LOG_2PI)
+
+
+class DynamicsModel(nn.Module):
+    """Shared fit, normalisation and sampling; subclasses define the predictive distribution.
+
+    A model has `num_members` independently trained members (the MDN has one). Subclasses
+    implement `_member_nll` (training loss per member), `_nll`, `_mean` and `_sample` (the
+    predictive distribution used for rollouts), all on normalised inputs and targets.
+    """
+
+    num_members: int = 1
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig,
+                 termination_fn: TerminationFn) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.cfg = obs_dim, act_dim, cfg
+        self.in_dim, self.out_dim = obs_dim + act_dim, 1 + obs_dim
+        self.termination_fn = termination_fn
+        # Buffers, so state_dict carries the normalisation the parameters were trained under.
+        self.register_buffer("in_mean", torch.zeros(self.in_dim))
+        self.register_buffer("in_std", torch.ones(self.in_dim))
+        self.register_buffer("out_mean", torch.zeros(self.out_dim))
+        self.register_buffer("out_std", torch.ones(self.out_dim))
+        # Adam persists across fits: MBPO continues training rather than restarting.
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # -- subclass hooks ------------------------------------------------------------------------
+
+    def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-member NLL [M, B] of normalised y [M or 1, B, out] given x [M or 1, B, in]."""
+        raise NotImplementedError
+
+    def _nll(self, x: Tensor, y: Tensor) -> Tensor:
+        """NLL [B] of the predictive distribution that `step` samples from."""
+        raise NotImplementedError
+
+    def _mean(self, x: Tensor) -> Tensor:
+        """Mean [B, out] of the predictive distribution (normalised)."""
+        raise NotImplementedError
+
+    def _sample(self, x: Tensor) -> Tensor:
+        """One sample [B, out] of the predictive distribution (normalised)."""
+        raise NotImplementedError
+
+    def _member_views(self) -> list[Tensor]:
+        """Parameter storage viewed with a leading member dim, for per-member snapshots."""
+        return [p.detach().unsqueeze(0) for p in self.parameters()]
+
+    def _regulariser(self) -> Tensor:
+        return torch.zeros((), device=self.in_mean.device)
+
+    def _after_fit(self, member_losses: Tensor) -> None:
+        """Called with each member's best holdout loss (the ensemble picks its elites)."""
+
+    # -- normalisation -------------------------------------------------------------------------
+
+    @staticmethod
+    def raw_inputs_targets(data: Transition) -> tuple[Tensor, Tensor]:
+        """x = [obs, act] and y = [reward, next_obs − obs], un-normalised."""
+        x = torch.cat([data.obs, data.act], -1)
+        y = torch.cat([data.reward.reshape(-1, 1), data.next_obs - data.obs], -1)
+        return x, y
+
+    def normalised(self, data: Transition) -> tuple[Tensor, Tensor]:
+        """Normalised inputs and targets under the current statistics."""
+        x, y = self.raw_inputs_targets(data)
+        return (x - self.in_mean) / self.in_std, (y - self.out_mean) / self.out_std
+
+    def set_normaliser(self, x: Tensor, y: Tensor) -> None:
+        """Set mean/std from raw inputs and targets (near-constant dims get std 1)."""
+        for values, mean, std in ((x, self.in_mean, self.in_std), (y, self.out_mean, self.out_std)):
+            s = values.std(0, unbiased=False)
+            mean.copy_(values.mean(0))
+            std.copy_(torch.where(s < _MIN_STD, torch.ones_like(s), s))
+
+    # -- evaluation and rollouts -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def nll(self, data: Transition) -> Tensor:
+        """Per-sample NLL [B] of the normalised targets under the predictive distribution.
+
+        Summed over target dimensions, with the Gaussian constant, so it is a proper
+        log-density of normalised y. Ensemble: the uniform mixture over the elites.
+        """
+        return self._nll(*self.normalised(data))
+
+    @torch.no_grad()
+    def member_nll(self, data: Transition) -> Tensor:
+        """Per-member NLL [M, B] of the normalised targets (what each member is trained on)."""
+        x, y = self.normalised(data)
+        return self._member_nll(x[None], y[None])
+
+    @torch.no_grad()
+    def squared_error(self, data: Transition) -> Tensor:
+        """Per-sample mean squared error [B] of the predicted mean Δs, in target-std units."""
+        x, y = self.normalised(data)
+        return ((self._mean(x)[:, 1:] - y[:, 1:]) ** 2).mean(-1)
+
+    def predict_mean(self, obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean reward [B] and next state [B, obs_dim], differentiable (for gradient-based
+        objectives that need the model's prediction inside their own loss)."""
+        x = (torch.cat([obs, act], -1) - self.in_mean) / self.in_std
+        y = self._mean(x) * self.out_std + self.out_mean
+        return y[:, 0], obs + y[:, 1:]
+
+    @torch.no_grad()
+    def step(self, obs: Tensor, act: Tensor) -> Transition:
+        """Sample (r, s') for a batch of rollout states; done from the task's termination rule."""
+        x = (torch.cat([obs, act], -1) - self.in_mean) / self.in_std
+        y = self._sample(x) * self.out_std + self.out_mean
+        next_obs = obs + y[:, 1:]
+        done = self.termination_fn(obs, act, next_obs).reshape(len(obs)).to(torch.float32)
+        return Transition(obs, act, y[:, 0], next_obs, done)
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def loss(self, data: Transition, weights: Tensor | None = None) -> Tensor:
+        """The 'loss'-mode training objective on one batch (every member sees the whole batch):
+        Σ_members Σ w·nll / Σ w, plus the regulariser. Differentiable."""
+        x, y = self.normalised(data)
+        w = check_weights(weights, data.size, x.device)
+        return self._objective(x[None], y[None], None if w is None else w[None])
+
+    def _objective(self, x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
+        return _weighted_mean(self._member_nll(x, y), w).sum() + self._regulariser()
+
+    def draw_indices(self, weights: Tensor | None, n: int, shape: tuple[int, int]) -> Tensor:
+        """Training-split indices [members, batch] of one minibatch: ∝ weights, or uniform.
+
+        Every minibatch of a fit comes from here (tests observe it to check frequencies).
+        """
+        if weights is None:
+            return torch.randint(n, shape, device=self.in_mean.device)
+        return weighted_indices(weights, shape[0] * shape[1]).view(shape)
+
+    @torch.no_grad()
+    def _holdout_losses(self, x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
+        """Weighted holdout NLL per member [M]."""
+        return _weighted_mean(self._member_nll(x[None], y[None]), w)
+
+    def fit(self, data: Transition, weights: Tensor | None = None) -> FitResult:
+        """Fit on all of `data` with per-sample `weights` (None = uniform), MBPO-style.
+
+        Holdout: a random min(fraction·n, holdout_max) rows (≥ 1 when n ≥ 2; with n = 1 the
+        training row doubles as holdout). Early stopping per member on the w-weighted holdout
+        NLL; if the holdout carries no weight it falls back to the unweighted holdout NLL.
+        """
+        cfg, n = self.cfg, data.size
+        if n == 0:
+            raise ValueError("cannot fit a dynamics model on an empty dataset")
+        if cfg.weighting not in ("resample", "loss"):
+            raise ValueError(f"model.weighting must be 'resample' or 'loss', got {cfg.weighting!r}")
+        device = self.in_mean.device
+        w = check_weights(weights, n, device)
+        n_hold = min(int(cfg.holdout_fraction * n), cfg.holdout_max)
+        if n >= 2:
+            n_hold = min(max(n_hold, 1), n - 1)
+        perm = torch.randperm(n, device=device)
+        hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
+        if n_hold == 0:
+            hold_idx = train_idx
+        x_raw, y_raw = self.raw_inputs_targets(data)
+        self.set_normaliser(x_raw[train_idx], y_raw[train_idx])
+        x, y = (x_raw - self.in_mean) / self.in_std, (y_raw - self.out_mean) / self.out_std
+        x_tr, y_tr, x_ho, y_ho = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
+        w_tr = w_ho = None
+        if w is not None:
+            w_tr, w_ho = w[train_idx], w[hold_idx]
+            if w_tr.sum() <= 0:
+                raise ValueError("weights are zero on every row of the training split "
+                                 f"({len(train_idx)} rows); nothing to fit")
+            if w_ho.sum() <= 0:
+                w_ho = None
+        resample = cfg.weighting == "resample"
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+        opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
+
+        best = self._holdout_losses(x_ho, y_ho, w_ho)
+        initial = best.mean().item()
+        views = self._member_views()
+        snapshot = [v.clone() for v in views]
+        since, epochs, train_loss, history, finite = 0, 0, math.nan, [], True
+        for _ in range(cfg.max_epochs):
+            self.train()
+            total = torch.zeros((), device=device)
+            for _ in range(cfg.steps_per_epoch):
+                idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
+                wb = None if (resample or w_tr is None) else w_tr[idx]
+                loss = self._objective(x_tr[idx], y_tr[idx], wb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+            self.eval()
+            epochs += 1
+            train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
+            finite = finite and math.isfinite(train_loss)
+            losses = self._holdout_losses(x_ho, y_ho, w_ho)
+            # Relative to |best| because an NLL may be negative; nan never counts as better.
+            improved = (best - losses) / best.abs().clamp_min(1e-8) > cfg.min_improvement
+            best = torch.where(improved, losses, best)
+            for view, saved in zip(views, snapshot, strict=True):
+                saved[improved] = view[improved]
+            history.append(losses.mean().item())
+            since = 0 if bool(improved.any()) else since + 1
+            if since >= cfg.patience:
+                break
+        for view, saved in zip(views, snapshot, strict=True):
+            view.copy_(saved)
+        if not finite:  # a diverged step leaves nan moments in Adam: start it afresh next fit
+            self._optimizer = None
+        self._after_fit(best)
+        final = _weighted_mean(self._nll(x_ho, y_ho), w_ho).item()
+        return FitResult(
+            holdout_loss=final, epochs=epochs, steps=epochs * cfg.steps_per_epoch,
+            train_loss=train_loss, initial_holdout_loss=initial,
+            member_holdout_losses=best.tolist(), elites=self.elite_list(),
+            stopped_early=epochs < cfg.max_epochs, n_train=len(train_idx), n_holdout=n_hold,
+            holdout_history=history, holdout_index=hold_idx)
+
+    def elite_list(self) -> list[int]:
+        """Members `step` samples from."""
+        return [0]
+
+
+class MixtureDensityModel(DynamicsModel):
+    """The paper code's model: one MLP, a K-component Gaussian mixture per target dimension.
+
+    Variance = softplus(raw) + softplus(learned per-dimension noise) (+ a 1e-6 floor); target
+    dimensions are independent given (s, a), so the NLL sums per-dimension mixture NLLs.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig,
+                 termination_fn: TerminationFn) -> None:
+        super().__init__(obs_dim, act_dim, cfg, termination_fn)
+        self.components = cfg.mdn_components
+        layers: list[nn.Module] = []
+        width = self.in_dim
+        for _ in range(cfg.hidden_layers):
+            layers += [nn.Linear(width, cfg.hidden_size), nn.SiLU()]
+            width = cfg.hidden_size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 3 * self.out_dim * self.components)
+        # softplus(-6.9) ≈ 1e-3: a small initial noise floor (variance, normalised units) that
+        # does not blur near-deterministic dimensions before it has learned anything.
+        self.raw_noise = nn.Parameter(torch.full((self.out_dim,), -6.9))
+
+    def mixture(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Log mixture weights, means and variances, each [..., out_dim, K]."""
+        out = self.head(self.body(x)).unflatten(-1, (3, self.out_dim, self.components))
+        logits, mean, raw_var = out.unbind(-3)
+        var = F.softplus(raw_var) + F.softplus(self.raw_noise)[:, None] + _MIN_VAR
+        return logits.log_softmax(-1), mean, var
+
+    def _log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        log_w, mean, var = self.mixture(x)
+        comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
+        return torch.logsumexp(log_w + comp, -1).sum(-1)
+
+    def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
+        return -self._log_prob(x, y)
+
+    def _nll(self, x: Tensor, y: Tensor) -> Tensor:
+        return -self._log_prob(x, y)
+
+    def _mean(self, x: Tensor) -> Tensor:
+        log_w, mean, _ = self.mixture(x)
+        return (log_w.exp() * mean).sum(-1)
+
+    def _sample(self, x: Tensor) -> Tensor:
+        log_w, mean, var = self.mixture(x)
+        # Gumbel-max: one component per row and dimension, in one batched op.
+        gumbel = -torch.log(-torch.log(torch.rand_like(log_w).clamp_min(1e-20)))
+        k = (log_w + gumbel).argmax(-1, keepdim=True)
+        mu, v = mean.gather(-1, k).squeeze(-1), var.gather(-1, k).squeeze(-1)
+        return mu + v.sqrt() * torch.randn_like(mu)
+
+
+def _mbpo_decays(layers: int) -> list[float]:
+    """MBPO's L2 coefficients: hidden layer i gets min(2.5e-5·(i+1), 7.5e-5), the output 1e-4.
+
+    For 4 hidden layers this is MBPO's (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4); other depths
+    keep the same ramp and cap.
+    """
+    return [min(2.5e-5 * (i + 1), 7.5e-5) for i in range(layers)] + [1e-4]
+
+
+class ProbabilisticEnsemble(DynamicsModel):
+    """MBPO's ensemble: E Gaussian MLPs in one set of [E, in, out] weights (one bmm per layer).
+
+    Each member has its own soft log-variance bounds (MBPO shares one pair; per-member bounds
+    make the per-member best-holdout snapshot exact). Rollouts sample a uniformly random elite
+    per row, so `nll` scores the uniform mixture over the elites.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig,
+                 termination_fn: TerminationFn) -> None:
+        super().__init__(obs_dim, act_dim, cfg, termination_fn)
+        e = self.num_members = cfg.ensemble_size
+        sizes = [self.in_dim] + [cfg.hidden_size] * cfg.hidden_layers + [2 * self.out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            weight = torch.empty(e, fan_in, fan_out)
+            std = 1.0 / (2.0 * math.sqrt(fan_in))  # MBPO's truncated-normal initialisation
+            nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(torch.zeros(e, 1, fan_out)))
+        self.max_logvar = nn.Parameter(torch.full((e, 1, self.out_dim), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((e, 1, self.out_dim), -10.0))
+        self.decays = _mbpo_decays(cfg.hidden_layers)
+        self.register_buffer("elite_idx", torch.arange(min(cfg.elites, e)))
+
+    def gaussian(self, x: Tensor, members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and bounded log-variance [M, B, out] of `members` (default all) at x.
+
+        x is [M, B, in], or [B, in] / [1, B, in] to give every member the same inputs.
+        """
+        ws, bs = list(self.weights), list(self.biases)
+        max_lv, min_lv = self.max_logvar, self.min_logvar
+        if members is not None:
+            ws, bs = [w[members] for w in ws], [b[members] for b in bs]
+            max_lv, min_lv = max_lv[members], min_lv[members]
+        m = ws[0].shape[0]
+        h = x.reshape(-1, *x.shape[-2:]).expand(m, -1, -1)
+        for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < len(ws) - 1:
+                h = F.silu(h)
+        mean, raw = h.chunk(2, -1)
+        # Soft clamping into [min_logvar, max_logvar] (PETS/MBPO), differentiable everywhere.
+        logvar = max_lv - F.softplus(max_lv - raw)
+        logvar = min_lv + F.softplus(logvar - min_lv)
+        return mean, logvar
+
+    def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
+        mean, logvar = self.gaussian(x)
+        return -_gaussian_log_prob(y, mean, logvar.exp(), logvar).sum(-1)
+
+    def _regulariser(self) -> Tensor:
+        """MBPO's L2 decays and bound penalty 0.01·(Σ max_logvar − Σ min_logvar).
+
+        MBPO's data term is the per-dimension mean of 2·NLL, ours the NLL summed over the D
+        target dims, i.e. D/2 times larger; scaling the regulariser by D/2 keeps MBPO's balance.
+        """
+        reg = sum(0.5 * d * (w ** 2).sum() for d, w in zip(self.decays, self.weights, strict=True))
+        reg = reg + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+        return 0.5 * self.out_dim * reg
+
+    def _member_views(self) -> list[Tensor]:
+        return [p.detach() for p in self.parameters()]
+
+    def _after_fit(self, member_losses: Tensor) -> None:
+        self.elite_idx.copy_(torch.argsort(member_losses)[: len(self.elite_idx)])
+
+    def elite_list(self) -> list[int]:
+        return self.elite_idx.tolist()
+
+    def _nll(self, x: Tensor, y: Tensor) -> Tensor:
+        mean, logvar = self.gaussian(x, self.elite_idx)
+        log_p = _gaussian_log_prob(y, mean, logvar.exp(), logvar).sum(-1)  # [K, B]
+        return -(torch.logsumexp(log_p, 0) - math.log(len(self.elite_idx)))
+
+    def _mean(self, x: Tensor) -> Tensor:
+        return self.gaussian(x, self.elite_idx)[0].mean(0)
+
+    def _sample(self, x: Tensor) -> Tensor:
+        mean, logvar = self.gaussian(x, self.elite_idx)
+        rows = torch.arange(x.shape[0], device=x.device)
+        pick = torch.randint(len(self.elite_idx), (x.shape[0],), device=x.device)
+        mu, lv = mean[pick, rows], logvar[pick, rows]
+        return mu + (0.5 * lv).exp() * torch.randn_like(mu)
+
+
+_MODELS: dict[str, type[DynamicsModel]] = {
+    "mdn": MixtureDensityModel,
+    "ensemble": ProbabilisticEnsemble,
+}
+
+
+def make_model(cfg: ModelConfig, obs_dim: int, act_dim: int, termination_fn: TerminationFn,
+               device: torch.device | str = "cpu") -> DynamicsModel:
+    """The dynamics model `cfg.kind` names, on `device`."""
+    if cfg.kind not in _MODELS:
+        raise ValueError(f"model.kind must be one of {', '.join(_MODELS)}, got {cfg.kind!r}")
+    return _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)

@@ -1,0 +1,240 @@
+"""Soft actor-critic (Haarnoja et al. 2018) with automatic entropy tuning, as MBPO uses it.
+
+Actions live in [-1, 1]^act_dim (the environments are rescaled to that box), so the policy is
+a tanh-squashed diagonal Gaussian. Two Q critics fight over-estimation (the target takes their
+minimum); their slow-moving Polyak copies give the Bellman target. The temperature alpha is
+learned so that the policy's entropy tracks a target (-act_dim unless configured).
+
+The two critics are one module with stacked weights, so a single batched matmul per layer
+evaluates both: that is most of the cost of an update, and SAC runs millions of them.
+All randomness comes from the global torch RNG, so callers seed runs with ``torch.manual_seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tom.buffer import Transition
+from tom.config import SACConfig
+
+# Haarnoja et al.'s and MBPO's bounds: wide enough to be inactive in practice, they only stop
+# the standard deviation from collapsing to zero or exploding while the critics are poor.
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def mlp(in_dim: int, out_dim: int, hidden_size: int, hidden_layers: int) -> nn.Sequential:
+    """A ReLU multilayer perceptron with ``hidden_layers`` hidden layers."""
+    layers: list[nn.Module] = []
+    for i in range(hidden_layers):
+        layers += [nn.Linear(in_dim if i == 0 else hidden_size, hidden_size), nn.ReLU()]
+    layers.append(nn.Linear(hidden_size, out_dim))
+    return nn.Sequential(*layers)
+
+
+def tanh_normal_log_prob(pre_tanh: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log density of ``tanh(u)`` for u ~ N(mean, exp(log_std)^2), summed over the last dim.
+
+    Change of variables: log p(a) = log N(u) - log(1 - tanh(u)^2). The Jacobian term is written
+    as 2 (log 2 - u - softplus(-2u)), which is exact and stays finite where tanh(u) rounds to
+    ±1 (the usual ``log(1 - a^2 + 1e-6)`` biases the density there).
+    """
+    z = (pre_tanh - mean) / log_std.exp()
+    log_normal = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+    log_jacobian = 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))
+    return (log_normal - log_jacobian).sum(-1)
+
+
+def soft_q_target(reward: Tensor, done: Tensor, next_q: Tensor, next_logp: Tensor,
+                  alpha: Tensor | float, gamma: float) -> Tensor:
+    """Soft Bellman target r + gamma (1 - done) (Q'(s', a') - alpha log pi(a'|s')).
+
+    ``done`` marks termination (not time-limit truncation), where the return stops and the
+    next state's soft value must not be bootstrapped.
+    """
+    return reward + gamma * (1.0 - done) * (next_q - alpha * next_logp)
+
+
+class Actor(nn.Module):
+    """Gaussian policy head before the tanh: obs -> (mean, log_std), each [..., act_dim]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_size: int, hidden_layers: int) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim, hidden_size, hidden_layers)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class StackedLinear(nn.Module):
+    """``n`` independent linear layers applied at once: [n, B, in] -> [n, B, out]."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        # nn.Linear's default initialisation, U(-1/sqrt(in), 1/sqrt(in)), for each member.
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinQ(nn.Module):
+    """Two independent Q networks evaluated together: (obs, act) -> [2, ...] Q-values."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_size: int, hidden_layers: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_dim = obs_dim + act_dim
+        for i in range(hidden_layers):
+            layers += [StackedLinear(2, in_dim if i == 0 else hidden_size, hidden_size), nn.ReLU()]
+        layers.append(StackedLinear(2, hidden_size, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: Tensor, act: Tensor) -> Tensor:
+        x = torch.cat([obs, act], dim=-1)
+        lead = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(2, -1, -1)  # both critics see the same rows
+        return self.net(x).reshape(2, *lead)
+
+
+class SAC:
+    """The agent: actor, twin critics with Polyak targets, learned temperature, optimisers."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig,
+                 device: str | torch.device = "cpu") -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        sizes = (cfg.hidden_size, cfg.hidden_layers)
+        self.actor = Actor(obs_dim, act_dim, *sizes).to(self.device)
+        self.critic = TwinQ(obs_dim, act_dim, *sizes).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # alpha = exp(log_alpha) keeps the temperature positive without a constraint.
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device,
+                                      requires_grad=True)
+        self.target_entropy = float(-act_dim if cfg.target_entropy is None
+                                    else cfg.target_entropy)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.num_updates = 0
+
+    @property
+    def alpha(self) -> Tensor:
+        """The current temperature, detached: losses other than alpha's treat it as given."""
+        return self.log_alpha.detach().exp()
+
+    # -- acting and evaluating -------------------------------------------------------------
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Action for ``obs`` ([obs_dim] or [B, obs_dim]); deterministic means tanh(mean)."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if deterministic:
+            return self.actor(obs)[0].tanh()
+        return self.sample(obs)[0]
+
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterised action a ~ pi(.|obs) and its log-density [B], both differentiable."""
+        mean, log_std = self.actor(obs)
+        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        return pre_tanh.tanh(), tanh_normal_log_prob(pre_tanh, mean, log_std)
+
+    def q(self, obs: Tensor, act: Tensor) -> Tensor:
+        """Pessimistic Q-value min_i Q_i(obs, act), [B]."""
+        return self.critic(obs, act).min(dim=0).values
+
+    def value(self, obs: Tensor) -> Tensor:
+        """V(s) = min_i Q_i(s, tanh(mean(s))), [B]; differentiable w.r.t. ``obs``.
+
+        The deterministic action makes V a noise-free function of s, so dV/ds is well defined
+        for value-gradient model losses.
+        """
+        return self.q(obs, self.actor(obs)[0].tanh())
+
+    # -- learning --------------------------------------------------------------------------
+
+    def update(self, batch: Transition) -> dict[str, float]:
+        """One gradient step on the critics, then the actor, then alpha; then Polyak targets."""
+        obs, act, reward, next_obs, done = batch
+        alpha = self.alpha
+
+        # Critics: regress both onto the soft Bellman target built from the target critics.
+        with torch.no_grad():
+            next_act, next_logp = self.sample(next_obs)
+            next_q = self.critic_target(next_obs, next_act).min(dim=0).values
+            target = soft_q_target(reward, done, next_q, next_logp, alpha, self.cfg.gamma)
+        q_loss = (self.critic(obs, act) - target).pow(2).mean(dim=1).sum()  # sum of two MSEs
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+
+        # Actor: maximise E[min Q(s, a) - alpha log pi(a|s)] through the reparameterised a.
+        # Freezing the critics skips their weight gradients, which the actor step never uses.
+        self.critic.requires_grad_(False)
+        new_act, logp = self.sample(obs)
+        actor_loss = (alpha * logp - self.q(obs, new_act)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.critic.requires_grad_(True)
+
+        # Temperature: d(loss)/d(log_alpha) = entropy - target, so alpha falls while the
+        # policy is more random than the target and rises once it is less.
+        logp = logp.detach()
+        if self.cfg.auto_entropy:
+            alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+
+        # Targets: theta' <- (1 - tau) theta' + tau theta, every update.
+        with torch.no_grad():
+            for target_p, p in zip(self.critic_target.parameters(), self.critic.parameters(),
+                                   strict=True):
+                target_p.lerp_(p, self.cfg.tau)
+        self.num_updates += 1
+
+        # One host sync for all statistics.
+        stats = torch.stack([q_loss.detach(), actor_loss.detach(), self.alpha, -logp.mean()])
+        q_loss_f, actor_loss_f, alpha_f, entropy_f = stats.tolist()
+        return {"q_loss": q_loss_f, "actor_loss": actor_loss_f, "alpha": alpha_f,
+                "entropy": entropy_f}
+
+    # -- checkpointing ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep-copied snapshot of everything needed to resume training exactly.
+
+        Copied because torch state dicts alias live tensors, and optimisers load them without
+        copying: a snapshot loaded into another agent would otherwise share its Adam moments.
+        """
+        return copy.deepcopy({
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "num_updates": self.num_updates,
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` snapshot (the agent must have the same sizes)."""
+        state = copy.deepcopy(state)
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        self.num_updates = int(state["num_updates"])
