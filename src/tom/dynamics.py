@@ -12,6 +12,7 @@ TOM differ from MLE, so it is implemented once, here, for both models.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -90,7 +91,7 @@ def _gaussian_log_prob(y: Tensor, mean: Tensor, var: Tensor, logvar: Tensor) -> 
     return -0.5 * ((y - mean) ** 2 / var + logvar + _LOG_2PI)
 
 
-class DynamicsModel(nn.Module):
+class DynamicsModel(nn.Module, ABC):
     """Shared fit, normalisation and sampling; subclasses define the predictive distribution.
 
     A model has `num_members` independently trained members (the MDN has one). Subclasses
@@ -116,21 +117,21 @@ class DynamicsModel(nn.Module):
 
     # -- subclass hooks ------------------------------------------------------------------------
 
+    @abstractmethod
     def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-member NLL [M, B] of normalised y [M or 1, B, out] given x [M or 1, B, in]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _nll(self, x: Tensor, y: Tensor) -> Tensor:
         """NLL [B] of the predictive distribution that `step` samples from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _mean(self, x: Tensor) -> Tensor:
         """Mean [B, out] of the predictive distribution (normalised)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _sample(self, x: Tensor) -> Tensor:
         """One sample [B, out] of the predictive distribution (normalised)."""
-        raise NotImplementedError
 
     def _member_views(self) -> list[Tensor]:
         """Parameter storage viewed with a leading member dim, for per-member snapshots."""
