@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from tom.buffer import ReplayBuffer, Transition
 from tom.objectives.base import Objective, RefitContext
+from tom.sac import mlp
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
 # anyway, so the argument is capped well below (the cap never binds at a sane optimum).
@@ -84,13 +85,6 @@ def occupancy_weights(residual: Tensor, divergence: str, w_max: float | None = N
 # -- networks -----------------------------------------------------------------------------------
 
 
-def _mlp(inp: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(inp if i == 0 else hidden, hidden), nn.ReLU()]
-    return nn.Sequential(*mods, nn.Linear(hidden, out))
-
-
 class Discriminator(nn.Module):
     """c(s,a,s'): one small encoder layer each for s, a, s', concatenated, then two layers.
 
@@ -127,7 +121,7 @@ class DualQ(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = _mlp(obs_dim + act_dim, hidden, 1)
+        self.net = mlp(obs_dim + act_dim, 1, hidden, hidden_layers=2)
 
     def forward(self, obs: Tensor, act: Tensor) -> Tensor:
         return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
