@@ -1,0 +1,92 @@
+"""Throughput of the loop's phases at paper-scale sizes (not a test; prints medians).
+
+Measures, on synthetic data of a task's dimensions with the paper preset's networks:
+  - one SAC update (batch 256, 256×256 critics and actor)
+  - one dynamics-model minibatch step (4×200 MDN or 7-member ensemble, batch 256)
+  - one rollout step of 100 000 start states through the model (sampling + termination)
+  - one TOM refit of the objective (discriminator + dual Q + weights) on a 20 000-transition
+    buffer with a 1 000-transition recent window
+
+    python benchmarks/throughput.py [--env hopper] [--threads 1] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from tom.buffer import ReplayBuffer, Transition
+from tom.config import resolve
+from tom.dynamics import make_model
+from tom.envs import get_task
+from tom.objectives import RefitContext, make_objective
+from tom.sac import SAC
+
+
+def median_time(fn: Callable[[], object], repeats: int, inner: int = 1) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - start) / inner)
+    return statistics.median(times)
+
+
+def synthetic(n: int, obs_dim: int, act_dim: int) -> Transition:
+    obs = torch.randn(n, obs_dim)
+    return Transition(obs, torch.rand(n, act_dim) * 2 - 1, torch.randn(n),
+                      obs + 0.1 * torch.randn(n, obs_dim), torch.zeros(n))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="hopper")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    task = get_task(args.env)
+    cfg = resolve(args.env, "tom", preset="paper")
+    o, a = task.obs_dim, task.act_dim
+    print(f"{args.env}: obs {o}, act {a}; torch {torch.__version__}, {args.threads} thread(s); "
+          f"median of {args.repeats}")
+
+    agent = SAC(o, a, cfg.sac)
+    batch = synthetic(cfg.sac.batch_size, o, a)
+    t = median_time(lambda: agent.update(batch), args.repeats, inner=20)
+    per_step = t * cfg.schedule.updates_per_step * 1e3
+    print(f"  SAC update (batch {cfg.sac.batch_size}):            {t * 1e3:8.2f} ms"
+          f"  -> {cfg.schedule.updates_per_step:.0f} per real step: {per_step:.1f} ms")
+
+    for kind in ("mdn", "ensemble"):
+        cfg.model.kind = kind
+        model = make_model(cfg.model, o, a, task.termination, "cpu")
+        data = synthetic(20_000, o, a)
+        cfg.model.max_epochs, cfg.model.steps_per_epoch = 1, 50
+        fit = median_time(lambda m=model, d=data: m.fit(d), max(1, args.repeats // 2))
+        print(f"  model step ({kind:8s}, batch {cfg.model.batch_size}):   "
+              f"{fit / 50 * 1e3:8.2f} ms")
+        starts = synthetic(cfg.rollout.starts, o, a)
+        t = median_time(lambda m=model, s=starts: m.step(s.obs, s.act), args.repeats)
+        print(f"  rollout step ({kind:8s}, {cfg.rollout.starts} starts): {t * 1e3:8.1f} ms")
+
+    buf = ReplayBuffer(20_000, o, a)
+    buf.add_batch(synthetic(20_000, o, a))
+    for s in synthetic(100, o, a).obs:
+        buf.add_initial_state(s)
+    objective = make_objective(cfg, o, a)
+    ctx = RefitContext(buf, agent, env_steps=20_000, learner_steps=20_000)
+    t = median_time(lambda: objective.update(ctx), max(1, args.repeats // 2))
+    print(f"  TOM refit (disc {cfg.tom.disc_passes} passes, dual {cfg.tom.dual_steps} steps, "
+          f"weights for 20 000): {t:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
