@@ -121,6 +121,25 @@ class TOMConfig:
 
 
 @dataclass
+class PMACConfig:
+    """PMAC's policy-adapted mixture weights (Wang et al. 2022, PDML; ALGORITHM.md §6)."""
+
+    decay: float = _f(0.9, "weight factor per policy version: a transition collected by the "
+                      "policy of k model refits ago weighs decay^k times a fresh one (the "
+                      "paper's policy iterations = the loop's refit rounds); 1 = uniform",
+                      low=0.0, high=1.0, low_open=True)
+
+
+@dataclass
+class VaGraMConfig:
+    """VaGraM's value-gradient weighted model loss (Voelcker et al. 2022; ALGORITHM.md §6)."""
+
+    clip_quantile: float = _f(0.95, "bound clipping: value gradients whose norm exceeds this "
+                              "quantile of the buffer's norms are scaled down to it; 1 = none",
+                              low=0.0, high=1.0, low_open=True)
+
+
+@dataclass
 class RunConfig:
     """One training run: a task, a model-learning objective, a seed, and every component."""
 
@@ -134,6 +153,8 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     tom: TOMConfig = field(default_factory=TOMConfig)
+    pmac: PMACConfig = field(default_factory=PMACConfig)
+    vagram: VaGraMConfig = field(default_factory=VaGraMConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,10 @@ normalised with statistics of the fit's training split, and both share one fit (
 importance resampling or inside the loss), a w-weighted holdout NLL with early stopping, and
 the best-holdout parameters restored at the end. The weighting is the only thing that makes
 TOM differ from MLE, so it is implemented once, here, for both models.
+
+Per-dimension weights (``fit(..., dim_weights=W)``, VaGraM) switch the fit to a *mean-only*
+loss, Σ_d W_d (ŷ_d − y_d)² of each member's predicted mean, with W given in raw target units
+and converted to the normalised targets (W·out_std²); such a model then rolls out its mean.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class FitResult:
     """What one fit did; `holdout_loss` is what the training loop logs."""
 
     holdout_loss: float  # Σ w·nll / Σ w of the final (restored) model on the holdout
+    #                      (mean-only fit: the same with the weighted squared error of the mean)
     epochs: int  # epochs run (each `steps_per_epoch` minibatches)
     steps: int  # gradient steps taken
     train_loss: float  # last epoch's mean training objective, per member
@@ -80,6 +85,27 @@ def check_weights(weights: Tensor | None, n: int, device: torch.device) -> Tenso
     return w
 
 
+def check_dim_weights(dim_weights: Tensor | None, n: int, out_dim: int,
+                      device: torch.device) -> Tensor | None:
+    """Validate per-sample, per-target-dimension weights [n, 1 + obs_dim] of a mean-only fit."""
+    if dim_weights is None:
+        return None
+    if not isinstance(dim_weights, Tensor):
+        raise ValueError("dim_weights must be a torch.Tensor or None, "
+                         f"got {type(dim_weights).__name__}")
+    if dim_weights.shape != (n, out_dim):
+        raise ValueError(f"dim_weights must have shape ({n}, {out_dim}), one row per transition "
+                         f"and one column per target [reward, Δs], got {tuple(dim_weights.shape)}")
+    dw = dim_weights.detach().to(device=device, dtype=torch.float32)
+    if not torch.isfinite(dw).all():
+        raise ValueError("dim_weights must be finite")
+    if (dw < 0).any():
+        raise ValueError("dim_weights must be non-negative")
+    if not dw.sum() > 0:
+        raise ValueError("dim_weights are all zero (or their sum overflows float32)")
+    return dw
+
+
 def _weighted_mean(values: Tensor, w: Tensor | None) -> Tensor:
     """Mean over the last dim, Σ w·v / Σ w when weighted (broadcast over leading dims)."""
     if w is None:
@@ -114,6 +140,9 @@ class DynamicsModel(nn.Module, ABC):
         self.register_buffer("out_std", torch.ones(self.out_dim))
         # Adam persists across fits: MBPO continues training rather than restarting.
         self._optimizer: torch.optim.Optimizer | None = None
+        # Set by `fit`: after a mean-only fit the variance heads are untrained, so `step` rolls
+        # out the mean and `nll` is undefined (nan).
+        self.mean_only = False
 
     # -- subclass hooks ------------------------------------------------------------------------
 
@@ -132,6 +161,14 @@ class DynamicsModel(nn.Module, ABC):
     @abstractmethod
     def _sample(self, x: Tensor) -> Tensor:
         """One sample [B, out] of the predictive distribution (normalised)."""
+
+    def _member_mean(self, x: Tensor) -> Tensor:
+        """Per-member mean [M, B, out] at x [M or 1, B, in] (single-member models: `_mean`)."""
+        return self._mean(x)
+
+    def _sample_mean(self, x: Tensor) -> Tensor:
+        """Deterministic rollout prediction [B, out] after a mean-only fit (default: `_mean`)."""
+        return self._mean(x)
 
     def _member_views(self) -> list[Tensor]:
         """Parameter storage viewed with a leading member dim, for per-member snapshots."""
@@ -171,8 +208,11 @@ class DynamicsModel(nn.Module, ABC):
         """Per-sample NLL [B] of the normalised targets under the predictive distribution.
 
         Summed over target dimensions, with the Gaussian constant, so it is a proper
-        log-density of normalised y. Ensemble: the uniform mixture over the elites.
+        log-density of normalised y. Ensemble: the uniform mixture over the elites. After a
+        mean-only fit there is no fitted density: nan.
         """
+        if self.mean_only:
+            return torch.full((data.size,), math.nan, device=self.in_mean.device)
         return self._nll(*self.normalised(data))
 
     @torch.no_grad()
@@ -195,10 +235,25 @@ class DynamicsModel(nn.Module, ABC):
         return y[:, 0], obs + y[:, 1:]
 
     @torch.no_grad()
+    def mean_loss(self, data: Transition, dim_weights: Tensor) -> Tensor:
+        """Per-sample Σ_d W_d (ŷ_d − y_d)² [B] of the predictive mean, W in raw target units.
+
+        What a mean-only fit minimises (up to its constant scale), computed the way the fit does:
+        on normalised targets with W·out_std², so it equals the raw-unit closed form.
+        """
+        x, y = self.normalised(data)
+        dw = check_dim_weights(dim_weights, data.size, self.out_dim, x.device)
+        return self._predictive_loss(x, y, dw * self.out_std ** 2)
+
+    @torch.no_grad()
     def step(self, obs: Tensor, act: Tensor) -> Transition:
-        """Sample (r, s') for a batch of rollout states; done from the task's termination rule."""
+        """Sample (r, s') for a batch of rollout states; done from the task's termination rule.
+
+        After a mean-only fit the prediction is deterministic given the member (`_sample_mean`).
+        """
         x = (torch.cat([obs, act], -1) - self.in_mean) / self.in_std
-        y = self._sample(x) * self.out_std + self.out_mean
+        pred = self._sample_mean(x) if self.mean_only else self._sample(x)
+        y = pred * self.out_std + self.out_mean
         next_obs = obs + y[:, 1:]
         done = self.termination_fn(obs, act, next_obs).reshape(len(obs)).to(torch.float32)
         return Transition(obs, act, y[:, 0], next_obs, done)
@@ -212,8 +267,22 @@ class DynamicsModel(nn.Module, ABC):
         w = check_weights(weights, data.size, x.device)
         return self._objective(x[None], y[None], None if w is None else w[None])
 
-    def _objective(self, x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
-        return _weighted_mean(self._member_nll(x, y), w).sum() + self._regulariser()
+    def _objective(self, x: Tensor, y: Tensor, w: Tensor | None,
+                   dw: Tensor | None = None) -> Tensor:
+        return _weighted_mean(self._member_loss(x, y, dw), w).sum() + self._regulariser()
+
+    def _member_loss(self, x: Tensor, y: Tensor, dw: Tensor | None) -> Tensor:
+        """Per-member training loss [M, B]: the NLL, or with normalised-space per-dimension
+        weights ``dw`` (mean-only fit) Σ_d dw_d (mean_d − y_d)² of each member's mean."""
+        if dw is None:
+            return self._member_nll(x, y)
+        return (dw * (self._member_mean(x) - y) ** 2).sum(-1)
+
+    def _predictive_loss(self, x: Tensor, y: Tensor, dw: Tensor | None) -> Tensor:
+        """Per-sample loss [B] of the predictive distribution (mean-only: of its mean)."""
+        if dw is None:
+            return self._nll(x, y)
+        return (dw * (self._mean(x) - y) ** 2).sum(-1)
 
     def draw_indices(self, weights: Tensor | None, n: int, shape: tuple[int, int]) -> Tensor:
         """Training-split indices [members, batch] of one minibatch: ∝ weights, or uniform.
@@ -225,16 +294,24 @@ class DynamicsModel(nn.Module, ABC):
         return weighted_indices(weights, shape[0] * shape[1]).view(shape)
 
     @torch.no_grad()
-    def _holdout_losses(self, x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
-        """Weighted holdout NLL per member [M]."""
-        return _weighted_mean(self._member_nll(x[None], y[None]), w)
+    def _holdout_losses(self, x: Tensor, y: Tensor, w: Tensor | None,
+                        dw: Tensor | None = None) -> Tensor:
+        """Weighted holdout loss (NLL, or the mean-only loss) per member [M]."""
+        return _weighted_mean(self._member_loss(x[None], y[None],
+                                                None if dw is None else dw[None]), w)
 
-    def fit(self, data: Transition, weights: Tensor | None = None) -> FitResult:
+    def fit(self, data: Transition, weights: Tensor | None = None,
+            dim_weights: Tensor | None = None) -> FitResult:
         """Fit on all of `data` with per-sample `weights` (None = uniform), MBPO-style.
 
         Holdout: a random min(fraction·n, holdout_max) rows (≥ 1 when n ≥ 2; with n = 1 the
         training row doubles as holdout). Early stopping per member on the w-weighted holdout
         NLL; if the holdout carries no weight it falls back to the unweighted holdout NLL.
+
+        ``dim_weights`` [n, 1 + obs_dim] (raw target units, e.g. VaGraM's squared value
+        gradients) replace the NLL by the mean-only loss everywhere (training, holdout, early
+        stopping). They are converted to normalised targets (× out_std²) and divided by their
+        mean over the training rows, so the fit does not depend on their overall scale.
         """
         cfg, n = self.cfg, data.size
         if n == 0:
@@ -243,6 +320,7 @@ class DynamicsModel(nn.Module, ABC):
             raise ValueError(f"model.weighting must be 'resample' or 'loss', got {cfg.weighting!r}")
         device = self.in_mean.device
         w = check_weights(weights, n, device)
+        dw = check_dim_weights(dim_weights, n, self.out_dim, device)
         n_hold = min(int(cfg.holdout_fraction * n), cfg.holdout_max)
         if n >= 2:
             n_hold = min(max(n_hold, 1), n - 1)
@@ -262,12 +340,20 @@ class DynamicsModel(nn.Module, ABC):
                                  f"({len(train_idx)} rows); nothing to fit")
             if w_ho.sum() <= 0:
                 w_ho = None
+        dw_tr = dw_ho = None
+        if dw is not None:
+            dw = dw * self.out_std ** 2  # W·e_raw² = W·σ²·e_norm², as e_raw = σ·e_norm
+            scale = dw[train_idx].mean()
+            if scale <= 0:
+                raise ValueError("dim_weights are zero on every row of the training split")
+            dw_tr, dw_ho = dw[train_idx] / scale, dw[hold_idx] / scale
+        self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
 
-        best = self._holdout_losses(x_ho, y_ho, w_ho)
+        best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho)
         initial = best.mean().item()
         views = self._member_views()
         snapshot = [v.clone() for v in views]
@@ -278,7 +364,8 @@ class DynamicsModel(nn.Module, ABC):
             for _ in range(cfg.steps_per_epoch):
                 idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
                 wb = None if (resample or w_tr is None) else w_tr[idx]
-                loss = self._objective(x_tr[idx], y_tr[idx], wb)
+                loss = self._objective(x_tr[idx], y_tr[idx], wb,
+                                       None if dw_tr is None else dw_tr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -287,7 +374,7 @@ class DynamicsModel(nn.Module, ABC):
             epochs += 1
             train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
             finite = finite and math.isfinite(train_loss)
-            losses = self._holdout_losses(x_ho, y_ho, w_ho)
+            losses = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho)
             # Relative to |best| because an NLL may be negative; nan never counts as better.
             improved = (best - losses) / best.abs().clamp_min(1e-8) > cfg.min_improvement
             best = torch.where(improved, losses, best)
@@ -302,7 +389,7 @@ class DynamicsModel(nn.Module, ABC):
         if not finite:  # a diverged step leaves nan moments in Adam: start it afresh next fit
             self._optimizer = None
         self._after_fit(best)
-        final = _weighted_mean(self._nll(x_ho, y_ho), w_ho).item()
+        final = _weighted_mean(self._predictive_loss(x_ho, y_ho, dw_ho), w_ho).item()
         return FitResult(
             holdout_loss=final, epochs=epochs, steps=epochs * cfg.steps_per_epoch,
             train_loss=train_loss, initial_holdout_loss=initial,
@@ -428,6 +515,15 @@ class ProbabilisticEnsemble(DynamicsModel):
     def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
         mean, logvar = self.gaussian(x)
         return -_gaussian_log_prob(y, mean, logvar.exp(), logvar).sum(-1)
+
+    def _member_mean(self, x: Tensor) -> Tensor:
+        return self.gaussian(x)[0]
+
+    def _sample_mean(self, x: Tensor) -> Tensor:
+        """A uniformly random elite's mean per row: deterministic members, random member."""
+        mean = self.gaussian(x, self.elite_idx)[0]
+        pick = torch.randint(len(self.elite_idx), (x.shape[0],), device=x.device)
+        return mean[pick, torch.arange(x.shape[0], device=x.device)]
 
     def _regulariser(self) -> Tensor:
         """MBPO's L2 decays and bound penalty 0.01·(Σ max_logvar − Σ min_logvar).

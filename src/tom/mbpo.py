@@ -154,7 +154,8 @@ class Trainer:
         self.objective.update(RefitContext(self.real, self.agent, self.env_steps, learner_steps))
         weights = self.objective.fit_weights()
         t1 = time.perf_counter()
-        fit = self.model.fit(self.real.all(), weights)
+        fit = self.model.fit(self.real.all(), weights,
+                             dim_weights=self.objective.fit_dim_weights())
         self.model_fitted = True
         t2 = time.perf_counter()
         self._rollouts(self.objective.start_weights())

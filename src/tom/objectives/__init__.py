@@ -12,7 +12,9 @@ from typing import Any
 
 from tom.objectives.base import Objective, RefitContext, weight_by_age, weight_statistics
 from tom.objectives.mle import MLEObjective
+from tom.objectives.pmac import PMACObjective
 from tom.objectives.tom import TOMObjective
+from tom.objectives.vagram import VaGraMObjective
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
                                 {**_TOM, "tom.reward": "binary"}),
     "tom-kl": ObjectiveSpec(TOMObjective, "TOM ablation: KL instead of chi^2",
                             {**_TOM, "tom.divergence": "kl"}),
+    "pmac": ObjectiveSpec(PMACObjective, "PMAC/PDML: weights decay^k, k = policy versions "
+                          "since collection"),
+    "vagram": ObjectiveSpec(VaGraMObjective, "VaGraM: value-gradient weighted squared error of "
+                            "the model mean"),
 }
 
 

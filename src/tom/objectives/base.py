@@ -3,7 +3,8 @@
 An objective decides *which* real transitions the dynamics model should be right on. It sees
 the replay buffer and the agent once per refit (`update`), and answers two questions:
 per-sample weights for the model fit (`fit_weights`) and the distribution of rollout start
-states (`start_weights`). ``None`` means uniform, which is plain MBPO.
+states (`start_weights`). ``None`` means uniform, which is plain MBPO. An objective that needs
+a different loss rather than different weights (VaGraM) also returns `fit_dim_weights`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class Objective:
 
     def start_weights(self) -> Tensor | None:
         """Unnormalised rollout start distribution over ``buffer.all()``."""
+        return None
+
+    def fit_dim_weights(self) -> Tensor | None:
+        """Per-transition, per-target weights [N, 1 + obs_dim] in raw units, aligned with
+        ``buffer.all()``; not None switches the model fit to the weighted squared error of its
+        mean instead of the NLL (VaGraM needs a different loss, not just different weights)."""
         return None
 
     def stats(self) -> dict[str, float]:

@@ -1,0 +1,249 @@
+"""VaGraM: value gradients of known value functions, the loss in closed form, bound clipping,
+the mean-only model fit it switches on, and the end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from tom.buffer import ReplayBuffer, Transition
+from tom.cli import main
+from tom.config import ModelConfig, resolve
+from tom.dynamics import make_model
+from tom.objectives import RefitContext, make_objective
+from tom.objectives.vagram import (
+    VaGraMObjective,
+    clip_gradient_norms,
+    vagram_dim_weights,
+    vagram_error,
+    value_gradients,
+)
+
+OBS, ACT = 3, 2
+C = torch.tensor([2.0, -0.5, 0.0])
+A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 3.0]])  # symmetric
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def linear_value(s: torch.Tensor) -> torch.Tensor:
+    return s @ C
+
+
+def quadratic_value(s: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((s @ A) * s).sum(-1)
+
+
+def data(n: int, seed: int = 0) -> Transition:
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, OBS, generator=g)
+    a = torch.rand(n, ACT, generator=g) * 2 - 1
+    s2 = 0.9 * s + 0.3 * a.sum(-1, keepdim=True) + 0.05 * torch.randn(n, OBS, generator=g)
+    s2[:, 2] *= 20.0  # very different target scales, so the normalisation matters
+    return Transition(s, a, s.sum(-1) - a.pow(2).sum(-1), s2, torch.zeros(n))
+
+
+def small_model(kind: str, seed: int = 0, **changes):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(kind=kind, hidden_layers=2, hidden_size=32, mdn_components=3,
+                      ensemble_size=3, elites=2, batch_size=64, max_epochs=3,
+                      steps_per_epoch=20, patience=3)
+    cfg = dataclasses.replace(cfg, **changes)
+    return make_model(cfg, OBS, ACT, lambda o, a, o2: torch.zeros(len(o), dtype=torch.bool))
+
+
+# -- value gradients and the loss in closed form -------------------------------------------------
+
+
+def test_value_gradients_of_known_functions():
+    s = torch.randn(20, OBS)
+    assert torch.allclose(value_gradients(linear_value, s, chunk=7), C.expand(20, OBS))
+    assert torch.allclose(value_gradients(quadratic_value, s, chunk=7), s @ A, atol=1e-6)
+
+
+def test_loss_equals_closed_form():
+    s2, pred = torch.randn(10, OBS), torch.randn(10, OBS)
+    e = pred - s2
+    g_lin = value_gradients(linear_value, s2)
+    assert torch.allclose(vagram_error(pred, s2, g_lin), (e ** 2) @ (C ** 2))
+    g_quad = value_gradients(quadratic_value, s2)
+    expected = torch.stack([sum(((A @ s2[i])[j] * e[i, j]) ** 2 for j in range(OBS))
+                            for i in range(10)])
+    assert torch.allclose(vagram_error(pred, s2, g_quad), expected, rtol=1e-5)
+    # For linear V and an error along one axis the diagonal bound is the value error itself.
+    one_axis = s2.clone()
+    one_axis[:, 0] += e[:, 0]
+    assert torch.allclose(vagram_error(one_axis, s2, g_lin),
+                          (linear_value(one_axis) - linear_value(s2)) ** 2, rtol=1e-5)
+
+
+def test_constant_gradients_reduce_to_scaled_squared_error():
+    s2, pred = torch.randn(10, OBS), torch.randn(10, OBS)
+    g = torch.full((10, OBS), 3.0)
+    assert torch.allclose(vagram_error(pred, s2, g), 9.0 * ((pred - s2) ** 2).sum(-1))
+
+
+# -- bound clipping -------------------------------------------------------------------------------
+
+
+def test_bound_clipping_caps_norms_at_the_quantile_and_keeps_directions():
+    directions = torch.nn.functional.normalize(torch.randn(10, OBS), dim=-1)
+    norms = torch.arange(1.0, 11.0)
+    grads = directions * norms[:, None]
+    clipped, bound = clip_gradient_norms(grads, 0.5)
+    assert bound == pytest.approx(5.5)  # linear interpolation, as numpy's default quantile
+    out = clipped.norm(dim=-1)
+    assert torch.allclose(out[:5], norms[:5]) and torch.allclose(out[5:], torch.full((5,), 5.5))
+    assert torch.allclose(torch.nn.functional.normalize(clipped, dim=-1), directions, atol=1e-6)
+    unclipped, top = clip_gradient_norms(grads, 1.0)
+    assert top == pytest.approx(10.0) and torch.equal(unclipped, grads)
+    default = resolve("hopper", "vagram", preset="paper").vagram.clip_quantile
+    assert default == 0.95
+    zeros, zero_bound = clip_gradient_norms(torch.zeros(4, OBS), 0.95)
+    assert zero_bound == 0.0 and torch.equal(zeros, torch.zeros(4, OBS))
+
+
+# -- the objective ---------------------------------------------------------------------------------
+
+
+def _objective(quantile: float = 1.0) -> VaGraMObjective:
+    cfg = resolve("inverted_pendulum", "vagram", preset="smoke",
+                  overrides={"vagram.clip_quantile": quantile})
+    obj = make_objective(cfg, OBS, ACT)
+    assert isinstance(obj, VaGraMObjective)
+    return obj
+
+
+def _buffer(batch: Transition, capacity: int | None = None) -> ReplayBuffer:
+    buf = ReplayBuffer(capacity or batch.size, OBS, ACT)
+    buf.add_batch(batch)
+    return buf
+
+
+@pytest.mark.parametrize("value,grad", [(linear_value, lambda s: C.expand_as(s)),
+                                        (quadratic_value, lambda s: s @ A)])
+def test_objective_weights_are_squared_value_gradients_at_next_state(value, grad):
+    batch = data(30)
+    buf = _buffer(batch)
+    obj = _objective(1.0)
+    obj.update(RefitContext(buf, SimpleNamespace(value=value), 30, 30))
+    w = obj.fit_dim_weights()
+    assert w.shape == (30, 1 + OBS)
+    assert torch.equal(w[:, 0], torch.ones(30))  # reward: plain squared error
+    assert torch.allclose(w[:, 1:], grad(batch.next_obs) ** 2, rtol=1e-5, atol=1e-6)
+    assert obj.fit_weights() is None and obj.start_weights() is None  # uniform data
+    clipped = _objective(0.9)
+    clipped.update(RefitContext(buf, SimpleNamespace(value=quadratic_value), 30, 30))
+    norms = clipped.fit_dim_weights()[:, 1:].sum(-1).sqrt()
+    assert norms.max().item() == pytest.approx(clipped.stats()["vagram_clip_bound"], rel=1e-5)
+
+
+def test_objective_with_the_sac_value():
+    from tom.sac import SAC
+
+    cfg = resolve("inverted_pendulum", "vagram", preset="smoke")
+    agent = SAC(OBS, ACT, cfg.sac)
+    buf = _buffer(data(50))
+    obj = make_objective(cfg, OBS, ACT)
+    obj.update(RefitContext(buf, agent, 50, 50))
+    w = obj.fit_dim_weights()
+    assert w.shape == (50, 1 + OBS) and torch.isfinite(w).all() and (w[:, 1:] > 0).any()
+    assert all(p.grad is None for p in agent.critic.parameters())  # nothing accumulated
+
+
+# -- the mean-only model fit -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mdn", "ensemble"])
+def test_model_mean_loss_is_the_raw_unit_closed_form(kind):
+    batch = data(200)
+    model = small_model(kind)
+    model.fit(batch)  # sets a non-trivial normaliser (out_std far from 1)
+    assert model.out_std.max() / model.out_std.min() > 10
+    g = value_gradients(quadratic_value, batch.next_obs)
+    w = vagram_dim_weights(g)
+    reward, next_obs = model.predict_mean(batch.obs, batch.act)
+    expected = vagram_error(next_obs, batch.next_obs, g) + (reward - batch.reward) ** 2
+    assert torch.allclose(model.mean_loss(batch, w), expected.detach(), rtol=1e-4, atol=1e-5)
+    # Constant gradients: a scaled squared error of the predicted next state, plus the reward's.
+    const = vagram_dim_weights(torch.full((200, OBS), 3.0))
+    se = ((next_obs - batch.next_obs) ** 2).sum(-1) * 9.0 + (reward - batch.reward) ** 2
+    assert torch.allclose(model.mean_loss(batch, const), se.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mdn", "ensemble"])
+def test_mean_only_fit(kind):
+    batch = data(300)
+    w = vagram_dim_weights(value_gradients(quadratic_value, batch.next_obs))
+    model = small_model(kind, seed=1)
+    torch.manual_seed(5)
+    fit = model.fit(batch, dim_weights=w)
+    assert model.mean_only and math.isfinite(fit.holdout_loss)
+    assert fit.holdout_loss < fit.initial_holdout_loss
+    assert torch.isnan(model.nll(batch)).all()
+    # Rollouts are the mean: MDN deterministic; ensemble one elite's mean per row.
+    out = model.step(batch.obs[:20], batch.act[:20])
+    x = (torch.cat([batch.obs[:20], batch.act[:20]], -1) - model.in_mean) / model.in_std
+    if kind == "mdn":
+        assert torch.equal(out.next_obs, model.step(batch.obs[:20], batch.act[:20]).next_obs)
+        members = model._mean(x)[None]
+    else:
+        members = model.gaussian(x, model.elite_idx)[0]
+    y = torch.cat([out.reward[:, None], out.next_obs - batch.obs[:20]], -1)
+    y = (y - model.out_mean) / model.out_std
+    assert ((members - y).abs().amax(-1) < 1e-4).any(0).all()
+    # Only the relative weights matter: 10x the weights, same fit.
+    again = small_model(kind, seed=1)
+    torch.manual_seed(5)
+    fit10 = again.fit(batch, dim_weights=10.0 * w)
+    for p, q in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+    assert fit10.holdout_loss == pytest.approx(fit.holdout_loss, rel=1e-4)
+    # A likelihood fit afterwards is a probabilistic model again.
+    model.fit(batch)
+    assert not model.mean_only and torch.isfinite(model.nll(batch)).all()
+
+
+def test_mean_only_fit_weights_the_dimensions():
+    """All weight on one Δs dimension: the fit learns it and ignores an unweighted one."""
+    batch = data(400, seed=3)
+    w = torch.zeros(400, 1 + OBS)
+    w[:, 1] = 1.0  # only Δs_0 counts
+    model = small_model("mdn", max_epochs=10, patience=10)
+    model.fit(batch, dim_weights=w)
+    _, next_obs = model.predict_mean(batch.obs, batch.act)
+    err = ((next_obs - batch.next_obs) / batch.next_obs.std(0)).pow(2).mean(0).detach()
+    assert err[0] < 0.2 and err[2] > err[0]
+
+
+def test_bad_dim_weights_fail_loudly():
+    batch = data(20)
+    model = small_model("mdn")
+    with pytest.raises(ValueError, match="shape"):
+        model.fit(batch, dim_weights=torch.ones(20, OBS))
+    with pytest.raises(ValueError, match="non-negative"):
+        model.fit(batch, dim_weights=-torch.ones(20, 1 + OBS))
+    with pytest.raises(ValueError, match="all zero"):
+        model.fit(batch, dim_weights=torch.zeros(20, 1 + OBS))
+
+
+def test_smoke_run(tmp_path):
+    argv = ["train", "--env", "inverted_pendulum", "--objective", "vagram", "--preset", "smoke",
+            "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    for col in ("model_holdout_loss", "model_error_recent", "vagram_clip_bound"):
+        assert metrics[col].map(math.isfinite).iloc[-1], col
+    assert metrics["model_nll_recent"].isna().all()  # no density after a mean-only fit
+    assert (metrics["weight_ess"] == 1.0).all()  # uniform data weights
