@@ -1,4 +1,5 @@
-"""Command line: ``tom train`` runs one (env, objective, seed); ``tom envs`` lists choices."""
+"""Command line: ``tom train`` runs one (env, objective, seed); ``tom envs`` lists choices;
+``tom aggregate`` turns finished run directories into tidy summary tables."""
 
 from __future__ import annotations
 
@@ -63,6 +64,19 @@ def _envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _aggregate(args: argparse.Namespace) -> int:
+    from tom.analysis.aggregate import aggregate
+
+    try:
+        prov = aggregate(args.runs, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    skipped = len(prov["skipped_incomplete"])
+    print(f"aggregated {prov['n_runs']} runs (preset {prov['preset']}"
+          + (f", {skipped} incomplete skipped" if skipped else "") + f") -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("envs", help="list tasks, objectives and presets")
     ev.add_argument("--keys", action="store_true", help="list every config key instead")
     ev.set_defaults(func=_envs)
+    ag = sub.add_parser("aggregate", help="summarise finished runs into tidy CSV tables")
+    ag.add_argument("--runs", nargs="+", default=["results/runs"], metavar="PATH",
+                    help="run directories, or folders searched for them (default results/runs)")
+    ag.add_argument("--out", default="results/summary", help="summary folder to write")
+    ag.set_defaults(func=_aggregate)
     return parser
 
 

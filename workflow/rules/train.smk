@@ -1,0 +1,38 @@
+# One training job per (env, objective, seed): `tom train` writes the run directory
+# (metrics.csv, weights.csv, config.json last, policy.pt) atomically, so a killed job never
+# leaves files that look complete; Snakemake runs an incomplete job again.
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes: a number, or a task -> minutes map with a `default`; doubled per retry."""
+    runtime = config["resources"]["train"]["runtime"]
+    if isinstance(runtime, dict):
+        runtime = runtime.get(wildcards.env, runtime["default"])
+    return int(runtime) * 2 ** (attempt - 1)
+
+
+def train_mem_mb(wildcards, attempt):
+    return int(config["resources"]["train"]["mem_mb"]) * attempt
+
+
+rule train:
+    output:
+        **{name.split(".")[0]: f"{RUN_DIR}/{name}" for name in RUN_FILES},
+    log:
+        "logs/train/{env}/{objective}/{seed}.log",
+    params:
+        preset=config["preset"],
+        device=config["device"],
+        out=lambda wildcards: RUN_DIR.format(**wildcards),
+        quiet="" if config["progress"] else "--quiet",
+        overrides=(["--set"] + list(config["overrides"])) if config["overrides"] else [],
+    threads: config["threads"]
+    resources:
+        mem_mb=train_mem_mb,
+        runtime=train_runtime,
+        gpu=config["resources"]["train"]["gpu"],
+    shell:
+        "tom train --env {wildcards.env} --objective {wildcards.objective} "
+        "--seed {wildcards.seed} --preset {params.preset} --device {params.device} "
+        "--threads {threads} --out {params.out} {params.quiet} {params.overrides:q} "
+        "> {log} 2>&1"
