@@ -66,6 +66,25 @@ class Objective:
         del state
 
 
+class ReweightingObjective(Objective):
+    """An objective whose one weight vector, set by `update`, drives both the model fit and
+    the rollout starts (TOM, PMAC)."""
+
+    def __init__(self, cfg: RunConfig, obs_dim: int, act_dim: int) -> None:
+        super().__init__(cfg, obs_dim, act_dim)
+        self.weights: Tensor | None = None
+        self._stats: dict[str, float] = {}
+
+    def fit_weights(self) -> Tensor | None:
+        return self.weights
+
+    def start_weights(self) -> Tensor | None:
+        return self.weights
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+
 def weight_statistics(weights: Tensor | None, n: int) -> dict[str, float]:
     """Mean, max and normalised effective sample size (Σw)²/(n Σw²) of the fit weights."""
     if weights is None:

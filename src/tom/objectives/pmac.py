@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from tom.objectives.base import Objective, RefitContext
+from tom.objectives.base import RefitContext, ReweightingObjective
 
 if TYPE_CHECKING:
     from tom.config import RunConfig
@@ -63,15 +63,13 @@ def pmac_distribution(staleness: Tensor, decay: float) -> Tensor:
     return w / w.sum()
 
 
-class PMACObjective(Objective):
+class PMACObjective(ReweightingObjective):
     """Weights decay^(policy versions since collection), for the model fit and rollout starts."""
 
     def __init__(self, cfg: RunConfig, obs_dim: int, act_dim: int) -> None:
         super().__init__(cfg, obs_dim, act_dim)
         self.decay = cfg.pmac.decay
         self.snapshots: list[int] = []  # the agent's update count at each new policy version
-        self.weights: Tensor | None = None
-        self._stats: dict[str, float] = {}
 
     def update(self, ctx: RefitContext) -> None:
         now = int(ctx.agent.num_updates)
@@ -91,15 +89,6 @@ class PMACObjective(Objective):
     def distribution(self) -> Tensor | None:
         """The normalised mixture weights (sum to one), aligned with ``buffer.all()``."""
         return None if self.weights is None else self.weights / self.weights.sum()
-
-    def fit_weights(self) -> Tensor | None:
-        return self.weights
-
-    def start_weights(self) -> Tensor | None:
-        return self.weights
-
-    def stats(self) -> dict[str, float]:
-        return dict(self._stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {"snapshots": list(self.snapshots)}

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tom.buffer import ReplayBuffer, Transition
-from tom.objectives.base import Objective, RefitContext
+from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.sac import mlp
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
@@ -130,7 +130,7 @@ class DualQ(nn.Module):
 # -- the objective ------------------------------------------------------------------------------
 
 
-class TOMObjective(Objective):
+class TOMObjective(ReweightingObjective):
     """Weights w ≈ d^π_T/d^R from the dual program; model fit and rollout starts use them."""
 
     def __init__(self, cfg, obs_dim: int, act_dim: int) -> None:
@@ -139,8 +139,6 @@ class TOMObjective(Objective):
         self.q = DualQ(obs_dim, act_dim, self.tom.dual_hidden).to(self.device)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=self.tom.dual_lr,
                                       weight_decay=self.tom.dual_weight_decay)
-        self.weights: Tensor | None = None
-        self._stats: dict[str, float] = {}
         self.rounds = 0
 
     def update(self, ctx: RefitContext) -> None:
@@ -230,15 +228,6 @@ class TOMObjective(Objective):
                 "TOM weights are non-finite or all zero: the dual diverged "
                 f"(try a smaller tom.dual_lr than {self.tom.dual_lr})")
         return weights
-
-    def fit_weights(self) -> Tensor | None:
-        return self.weights
-
-    def start_weights(self) -> Tensor | None:
-        return self.weights
-
-    def stats(self) -> dict[str, float]:
-        return dict(self._stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {"q": self.q.state_dict(), "q_opt": self.q_opt.state_dict(), "rounds": self.rounds}
