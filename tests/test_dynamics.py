@@ -24,14 +24,6 @@ KINDS = ("mdn", "ensemble")
 MODES = ("resample", "loss")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other test processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_cfg(kind: str = "mdn", **changes) -> ModelConfig:
     cfg = ModelConfig(kind=kind, hidden_layers=2, hidden_size=32, mdn_components=3,

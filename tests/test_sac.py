@@ -15,15 +15,6 @@ from tom.sac import SAC, soft_q_target, tanh_normal_log_prob
 OBS_DIM, ACT_DIM = 3, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest single-threaded; two spinning threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_agent(seed: int = 0, **overrides) -> SAC:
     torch.manual_seed(seed)
     cfg = SACConfig(**{"hidden_size": 32, "hidden_layers": 2, **overrides})

@@ -29,13 +29,6 @@ C = torch.tensor([2.0, -0.5, 0.0])
 A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 3.0]])  # symmetric
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def linear_value(s: torch.Tensor) -> torch.Tensor:
     return s @ C
