@@ -49,6 +49,26 @@ def test_dual_recovers_exact_occupancy_ratio(divergence, seed):
     assert rel.max() < 1e-4, f"max relative error {rel.max():.2e}"
 
 
+@pytest.mark.parametrize("divergence", ["chi2", "kl"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dual_recovers_ratio_with_termination(divergence, seed):
+    """Episodes that end (done = 1 rows, as in Hopper) keep w* = d^π_T/d^R exact, and the
+    replay mean of w is Σ d^π = 1 − E[γ^T] < 1, not 1: on terminating tasks the logged
+    weight mean sits below one at the optimum."""
+    rng = np.random.default_rng(10 + seed)
+    S, A = 6, 2
+    mdp = random_mdp(rng, S, A, gamma=0.95, terminal_fraction=0.25)
+    pi = random_simplex(rng, (S, A))
+    d_replay = random_simplex(rng, (S * A,)).reshape(S, A)
+    rho = rng.normal(size=(S, A))
+    d_pi = occupancy(mdp.T, pi, mdp.mu0, mdp.gamma)
+    w = solve_dual(mdp, pi, d_replay, rho, divergence)
+    rel = np.abs(w - d_pi / d_replay) / (d_pi / d_replay)
+    assert rel.max() < 1e-4, f"max relative error {rel.max():.2e}"
+    assert (d_replay * w).sum() == pytest.approx(d_pi.sum(), rel=1e-6)
+    assert d_pi.sum() < 0.9  # termination removes mass: the weight mean is well below one
+
+
 def test_dual_weights_depend_on_policy():
     """Guard against a trivially 'exact' solver: a different π gives different weights."""
     rng = np.random.default_rng(3)
@@ -105,3 +125,11 @@ def test_lower_bound_tight_for_true_model_with_constant_reward():
     pi = random_simplex(rng, (5, 2))
     assert lower_bound(mdp, pi, mdp.T) == pytest.approx(np.log(normalised_return(mdp, pi)))
     assert kl_divergence(mdp.T, mdp.T) == 0.0
+
+
+def test_solve_dual_rejects_random_termination():
+    rng = np.random.default_rng(0)
+    mdp = random_mdp(rng, 4, 2)
+    mdp.T[0, 0] *= 0.5  # (s0, a0) ends the episode with probability ½
+    with pytest.raises(ValueError, match="deterministic termination"):
+        solve_dual(mdp, random_simplex(rng, (4, 2)), np.full((4, 2), 1 / 8), np.zeros((4, 2)))

@@ -16,7 +16,7 @@ from tom.objectives.tom import dual_loss, dual_residual, occupancy_weights
 
 @dataclass
 class TabularMDP:
-    T: np.ndarray  # [S, A, S'] transition probabilities
+    T: np.ndarray  # [S, A, S'] transition probabilities; a row of zeros: (s, a) terminates
     mu0: np.ndarray  # [S] initial-state distribution
     r: np.ndarray  # [S, A] rewards
     gamma: float
@@ -37,9 +37,17 @@ def random_simplex(rng: np.random.Generator, shape: tuple[int, ...], concentrati
 
 
 def random_mdp(rng: np.random.Generator, n_states: int = 6, n_actions: int = 3,
-               gamma: float = 0.9, positive_reward: bool = True) -> TabularMDP:
-    """A random MDP with full-support dynamics and (optionally) rewards in (0, 1]."""
+               gamma: float = 0.9, positive_reward: bool = True,
+               terminal_fraction: float = 0.0) -> TabularMDP:
+    """A random MDP with full-support dynamics and (optionally) rewards in (0, 1].
+
+    With ``terminal_fraction > 0`` that fraction of the pairs (s, a) always ends the episode
+    (their rows of T are zero), like leaving a MuJoCo task's healthy range: termination is
+    a deterministic function of the transition, as in the tasks the library trains on.
+    """
     T = random_simplex(rng, (n_states, n_actions, n_states))
+    if terminal_fraction > 0:
+        T = T * (rng.uniform(size=(n_states, n_actions)) >= terminal_fraction)[:, :, None]
     mu0 = random_simplex(rng, (n_states,))
     r = rng.uniform(0.05, 1.0, (n_states, n_actions)) if positive_reward else \
         rng.normal(size=(n_states, n_actions))
@@ -50,6 +58,8 @@ def occupancy(T: np.ndarray, pi: np.ndarray, mu0: np.ndarray, gamma: float) -> n
     """d^π_T(s,a) = (1−γ) Σ_t γ^t Pr(s_t=s, a_t=a), the unique solution of the flow equations
 
         d(s',a') = (1−γ) μ0(s') π(a'|s') + γ Σ_{s,a} d(s,a) T(s'|s,a) π(a'|s').
+
+    With termination (substochastic T) the mass Σ d = 1 − E[γ^T] is below one.
     """
     S, A = pi.shape
     P = (T[:, :, :, None] * pi[None, None, :, :]).reshape(S * A, S * A)  # (s,a) -> (s',a')
@@ -90,11 +100,21 @@ def solve_dual(mdp: TabularMDP, pi: np.ndarray, d_replay: np.ndarray, rho: np.nd
 
     Uses the library's own `dual_residual`, `dual_loss` and `occupancy_weights` (the code
     training uses), with exact expectations over s' and a' in place of samples, and
-    L-BFGS in float64 on the table Q(s,a). ``rho`` is any shaping reward [S, A].
+    L-BFGS in float64 on the table Q(s,a). ``rho`` is any shaping reward [S, A]. Pairs whose
+    row of T is zero are terminal: their residual gets done = 1, as in the replay buffer.
+
+    Termination must be deterministic in (s, a). With a per-sample residual the dual
+    constrains only the flow into the next state, so a random done flag would let the
+    optimum shift weight between an (s, a)'s terminating and continuing samples.
     """
     S, A = pi.shape
+    stay = mdp.T.sum(-1)
+    if not np.all(np.isclose(stay, 0.0) | np.isclose(stay, 1.0)):
+        raise ValueError("solve_dual needs deterministic termination: each row of T must sum "
+                         f"to 0 or 1, got sums in [{stay.min():.3g}, {stay.max():.3g}]")
     t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
     T, pi_t, p_replay = t(mdp.T), t(pi), t(d_replay).reshape(-1)
+    done = t(stay < 0.5).reshape(-1)
     p0 = t(mdp.mu0[:, None] * pi).reshape(-1)
     rho_t = t(rho).reshape(-1)
     q = torch.zeros(S * A, dtype=torch.float64, requires_grad=True)
@@ -104,8 +124,10 @@ def solve_dual(mdp: TabularMDP, pi: np.ndarray, d_replay: np.ndarray, rho: np.nd
 
     def residual() -> torch.Tensor:
         v = (pi_t * q.reshape(S, A)).sum(-1)  # V(s') = Σ_a' π(a'|s') Q(s',a')
-        next_v = (T @ v).reshape(-1)  # E_{s'~T(·|s,a)} V(s'), exact
-        return dual_residual(rho_t, q, next_v, torch.zeros_like(q), mdp.gamma)
+        # E_{s'~T(·|s,a)} V(s'), exact. A buffer still stores the observation an episode
+        # ended in; here it is uniform, and only done = 1 keeps its value out.
+        next_v = torch.where(done > 0, v.mean(), (T @ v).reshape(-1))
+        return dual_residual(rho_t, q, next_v, done, mdp.gamma)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
