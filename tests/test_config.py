@@ -33,6 +33,16 @@ def test_task_and_objective_overrides():
     assert resolve("hopper", "tom", preset="paper").tom.reward == "disc"
 
 
+def test_quick_preset_task_budgets_sit_between_preset_and_command_line():
+    pendulum = resolve("inverted_pendulum", "mle", preset="quick")
+    hopper = resolve("hopper", "mle", preset="quick")
+    assert (pendulum.schedule.epochs, pendulum.schedule.updates_per_step) == (5, 5.0)
+    assert (hopper.schedule.epochs, hopper.schedule.updates_per_step) == (8, 2.0)
+    assert resolve("inverted_pendulum", "mle", preset="quick",
+                   overrides=["schedule.epochs=3"]).schedule.epochs == 3
+    assert resolve("inverted_pendulum", "mle", preset="paper").schedule.epochs == 15
+
+
 def test_overrides_from_strings_are_typed():
     cfg = resolve("hopper", "tom", preset="smoke",
                   overrides=["model.kind=ensemble", "schedule.epochs=3", "sac.lr=1e-3",
