@@ -71,6 +71,23 @@ for col, _, log in PANELS:
     values = values[np.isfinite(values) & (values > 0)]
     log_rows[col] = bool(log and values.size and values.max() / values.min() > 20)
 
+def clip_to_means(ax, c: pd.DataFrame) -> bool:
+    """Keep a linear axis on the mean curves when a CI band runs far off (one seed's spike
+    would otherwise flatten every curve); returns whether it clipped."""
+    means = c["mean"].to_numpy(dtype=float)
+    band = c[["ci_lo", "ci_hi"]].to_numpy(dtype=float)
+    means, band = means[np.isfinite(means)], band[np.isfinite(band)]
+    if not means.size or not band.size:
+        return False
+    lo, hi = means.min(), means.max()
+    pad = max(hi - lo, 1e-9) * 0.6
+    if band.min() >= lo - 2 * pad and band.max() <= hi + 2 * pad:
+        return False
+    ax.set_ylim(max(lo - pad, band.min()), min(hi + pad, band.max()))
+    return True
+
+
+clipped: list[str] = []
 ncols = max(len(envs), 1)
 fig, axes = plt.subplots(len(PANELS), ncols, figsize=(max(3.6 * ncols, 5.0), 2.6 * len(PANELS)),
                          squeeze=False)
@@ -86,6 +103,8 @@ for j, env in enumerate(envs):
                              slot=present.index(method), n_slots=len(present))
         if log and log_rows[col]:
             ax.set_yscale("log")
+        elif clip_to_means(ax, curves[col][curves[col]["env"] == env]):
+            clipped.append(f"{style.task_label(env)} {col.split('_')[1].upper()}")
         if i == 0:
             ax.set_title(style.task_label(env))
         ax.set_ylabel(ylabel if j == 0 else "")
@@ -99,6 +118,8 @@ if not envs:
 
 notes = [f"Measured before each refit on the newest real transitions (mean over seeds, "
          f"{style.seeds_note(seeds.to_dict())}; band or bars: 95 % bootstrap CI)."]
+if clipped:
+    notes.append(f"Axis kept on the means, bands cut off: {', '.join(clipped)}.")
 if style.missing_note(METHODS, present):
     notes.append(style.missing_note(METHODS, present))
 fig.tight_layout()

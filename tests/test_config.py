@@ -36,7 +36,7 @@ def test_task_and_objective_overrides():
 def test_quick_preset_task_budgets_sit_between_preset_and_command_line():
     pendulum = resolve("inverted_pendulum", "mle", preset="quick")
     hopper = resolve("hopper", "mle", preset="quick")
-    assert (pendulum.schedule.epochs, pendulum.schedule.updates_per_step) == (5, 5.0)
+    assert (pendulum.schedule.epochs, pendulum.schedule.updates_per_step) == (6, 5.0)
     assert (hopper.schedule.epochs, hopper.schedule.updates_per_step) == (8, 2.0)
     assert resolve("inverted_pendulum", "mle", preset="quick",
                    overrides=["schedule.epochs=3"]).schedule.epochs == 3

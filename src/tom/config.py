@@ -222,11 +222,12 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-# Task budgets of the quick preset, applied after its common settings. Inverted pendulum is
-# solved within 5 000 steps when SAC takes MBPO's 5 updates per real step (at 2 it was not
-# solved in 10 000), and a 64-wide SAC keeps those updates cheap.
+# Task budgets of the quick preset, applied after its common settings. With MBPO's 5 SAC
+# updates per real step inverted pendulum is solved around 4 000-5 000 steps (at 2 updates it
+# was not solved in 10 000); 6 epochs leave room for slower seeds, and a 64-wide SAC keeps
+# those updates cheap.
 _QUICK_TASK_OVERRIDES: dict[str, dict[str, Any]] = {
-    "inverted_pendulum": {"schedule.epochs": 5, "schedule.updates_per_step": 5.0,
+    "inverted_pendulum": {"schedule.epochs": 6, "schedule.updates_per_step": 5.0,
                           "sac.hidden_size": 64, "rollout.every": 250},
 }
 _PRESET_TASK_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {"quick": _QUICK_TASK_OVERRIDES}

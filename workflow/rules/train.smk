@@ -1,6 +1,7 @@
 # One training job per (env, objective, seed): `tom train` writes the run directory
 # (metrics.csv, weights.csv, config.json last, policy.pt) atomically, so a killed job never
-# leaves files that look complete; Snakemake runs an incomplete job again.
+# leaves files that look complete; Snakemake runs an incomplete job again. The params include a
+# digest of the resolved hyperparameters, so editing a preset reruns exactly the runs it changes.
 
 
 def train_runtime(wildcards, attempt):
@@ -9,6 +10,19 @@ def train_runtime(wildcards, attempt):
     if isinstance(runtime, dict):
         runtime = runtime.get(wildcards.env, runtime["default"])
     return int(runtime) * 2 ** (attempt - 1)
+
+
+def resolved_hyperparameters(wildcards):
+    """Digest of the run's resolved config: a change to a preset in tom.config reruns the run."""
+    import hashlib
+    import json
+
+    from tom.config import resolve
+
+    cfg = resolve(wildcards.env, wildcards.objective, int(wildcards.seed), config["preset"],
+                  list(config["overrides"]), config["device"])
+    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def train_mem_mb(wildcards, attempt):
@@ -26,6 +40,7 @@ rule train:
         out=lambda wildcards: RUN_DIR.format(**wildcards),
         quiet="" if config["progress"] else "--quiet",
         overrides=(["--set"] + list(config["overrides"])) if config["overrides"] else [],
+        hyperparameters=resolved_hyperparameters,
     threads: config["threads"]
     resources:
         mem_mb=train_mem_mb,

@@ -32,10 +32,10 @@ COLORS = {
     "mle": "#0072B2",  # blue
     "pmac": "#009E73",  # bluish green
     "vagram": "#CC79A7",  # reddish purple
-    "tom-nodisc": "#E69F00",  # orange
+    "tom-nodisc": "#000000",  # black (orange was too close to TOM's vermillion in Figure 5)
     "tom-kl": "#56B4E9",  # sky blue
 }
-_OTHER = ("#555555", "#999999", "#000000", "#BBBBBB")  # objectives not known here
+_OTHER = ("#555555", "#999999", "#E69F00", "#BBBBBB")  # objectives not known here
 TASKS = ("inverted_pendulum", "hopper", "walker2d", "halfcheetah", "ant", "humanoid")
 TASK_LABELS = {"inverted_pendulum": "InvertedPendulum", "hopper": "Hopper",
                "walker2d": "Walker2d", "halfcheetah": "HalfCheetah", "ant": "Ant",

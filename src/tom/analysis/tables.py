@@ -58,7 +58,7 @@ def fmt_steps(steps: float) -> str:
 def fmt_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "--"
-    if seconds < 120:
+    if seconds < 60:
         return f"{seconds:.1f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
