@@ -101,11 +101,6 @@ if not envs:
 
 notes = [f"Mean over seeds ({style.seeds_note(seeds.to_dict())}); band: 95 % bootstrap CI "
          "over seeds (band or bars). Dotted: uniform weighting (1)."]
-if style.missing_note(METHODS, present):
-    notes.append(style.missing_note(METHODS, present))
-fig.tight_layout()
-style.legend_above(fig, present)
-style.footer(fig, preset, commit, note="\n".join(notes))
-style.save(fig, fig_path, title="Figure 2: mean model-fit weight by transition age",
-           preset=preset, commit=commit)
-print("\n".join(notes))
+print(style.finish(fig, fig_path, title="Figure 2: mean model-fit weight by transition age",
+                   preset=preset, commit=commit, notes=notes, expected=METHODS,
+                   present=present))

@@ -93,11 +93,6 @@ notes = [f"Mean over seeds ({style.seeds_note(seeds.to_dict())}); "
          "band or bars: 95 % bootstrap CI over seeds."]
 if single_seed:
     notes.append(f"One seed only (no band): {', '.join(single_seed)}.")
-if style.missing_note(METHODS, present):
-    notes.append(style.missing_note(METHODS, present))
-fig.tight_layout()
-style.legend_above(fig, present)
-style.footer(fig, preset, commit, note="\n".join(notes))
-style.save(fig, fig_path, title="Figure 3: evaluation return vs real environment steps",
-           preset=preset, commit=commit)
-print("\n".join(notes))
+print(style.finish(fig, fig_path, title="Figure 3: evaluation return vs real environment steps",
+                   preset=preset, commit=commit, notes=notes, expected=METHODS,
+                   present=present))

@@ -120,11 +120,6 @@ notes = [f"Measured before each refit on the newest real transitions (mean over 
          f"{style.seeds_note(seeds.to_dict())}; band or bars: 95 % bootstrap CI)."]
 if clipped:
     notes.append(f"Axis kept on the means, bands cut off: {', '.join(clipped)}.")
-if style.missing_note(METHODS, present):
-    notes.append(style.missing_note(METHODS, present))
-fig.tight_layout()
-style.legend_above(fig, present)
-style.footer(fig, preset, commit, note="\n".join(notes))
-style.save(fig, fig_path, title="Figure 4: model error on the current policy's transitions",
-           preset=preset, commit=commit)
-print("\n".join(notes))
+print(style.finish(fig, fig_path, title="Figure 4: model error on the current policy's transitions",
+                   preset=preset, commit=commit, notes=notes, expected=METHODS,
+                   present=present))

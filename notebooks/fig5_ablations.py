@@ -77,10 +77,6 @@ if not envs:
                     va="center", transform=axes[0, 0].transAxes)
 
 notes = [f"Mean over seeds ({style.seeds_note(seeds.to_dict())}); band or bars: 95 % bootstrap CI."]
-if style.missing_note(METHODS, present):
-    notes.append(style.missing_note(METHODS, present))
-fig.tight_layout()
-style.legend_above(fig, present)
-style.footer(fig, preset, commit, note="\n".join(notes))
-style.save(fig, fig_path, title="Figure 5: ablations of TOM", preset=preset, commit=commit)
-print("\n".join(notes))
+print(style.finish(fig, fig_path, title="Figure 5: ablations of TOM",
+                   preset=preset, commit=commit, notes=notes, expected=METHODS,
+                   present=present))

@@ -177,3 +177,18 @@ def save(fig: plt.Figure, path: str | Path, *, title: str, preset: str, commit: 
         "CreationDate": None,
     })
     return path
+
+
+def finish(fig: plt.Figure, path: str | Path, *, title: str, preset: str, commit: str,
+           notes: list[str], expected: Iterable[str], present: Iterable[str]) -> str:
+    """The end of every method-comparison figure: name the expected methods that have no
+    runs, lay out, put the legend above, the notes and provenance below, save the PDF.
+    Returns the notes as printed text for the notebook's output."""
+    present = list(present)
+    notes = [*notes, missing_note(expected, present)]
+    text = "\n".join(n for n in notes if n)
+    fig.tight_layout()
+    legend_above(fig, present)
+    footer(fig, preset, commit, note=text)
+    save(fig, path, title=title, preset=preset, commit=commit)
+    return text
