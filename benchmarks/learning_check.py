@@ -10,6 +10,10 @@ evaluation return at every epoch and each run's wall time. Usage:
 
     python benchmarks/learning_check.py --out runs/learning_check [--jobs 2] [--only hopper]
         [--seeds 1 2]   # other seeds than the check's own (e.g. to tell seed luck from a bug)
+        [--objectives mle] [--set schedule.updates_per_step=20 ...]   # diagnostics, not the check
+
+Runs with ``--set`` are diagnostics (the check is at paper hyperparameters): give them their own
+``--out``, since a finished run directory is reused as it is.
 """
 
 from __future__ import annotations
@@ -44,13 +48,14 @@ def run_one(out: Path, env: str, objective: str, seed: int, overrides: list[str]
     return time.perf_counter() - start
 
 
-def report(out: Path, only: str | None = None, seeds_override: list[int] | None = None) -> bool:
+def report(out: Path, only: str | None = None, seeds_override: list[int] | None = None,
+           objectives: tuple[str, ...] = OBJECTIVES) -> bool:
     ok = True
     for env, (_, check_seeds, threshold) in CHECKS.items():
         if only not in (None, env):
             continue
         seeds = seeds_override or check_seeds
-        for objective in OBJECTIVES:
+        for objective in objectives:
             reached = 0
             for seed in seeds:
                 path = out / env / objective / str(seed) / "metrics.csv"
@@ -79,14 +84,18 @@ def main() -> int:
     parser.add_argument("--only", choices=list(CHECKS), default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds to run instead of each check's own")
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra `tom train --set` overrides (a diagnostic, not the check)")
     args = parser.parse_args()
     out = Path(args.out)
-    jobs = [(env, obj, seed, overrides) for env, (overrides, seeds, _) in CHECKS.items()
-            if args.only in (None, env) for seed in (args.seeds or seeds) for obj in OBJECTIVES]
+    jobs = [(env, obj, seed, overrides + args.set)
+            for env, (overrides, seeds, _) in CHECKS.items() if args.only in (None, env)
+            for seed in (args.seeds or seeds) for obj in args.objectives]
     jobs.sort(key=lambda j: j[0] != "hopper")  # the long runs first
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda j: run_one(out, *j), jobs))
-    return 0 if report(out, args.only, args.seeds) else 1
+    return 0 if report(out, args.only, args.seeds, tuple(args.objectives)) else 1
 
 
 if __name__ == "__main__":
