@@ -193,3 +193,29 @@ def test_returns_at_budgets_takes_last_evaluation_and_never_extrapolates():
     latex, summary = returns_table(returns, [1500, 5000], n_boot=100)
     assert r"\begin{tabular}" in latex and "Hopper" in latex and "--" in latex
     assert summary["n"].tolist() == [1]
+
+
+def test_readme_lists_exactly_the_deviations():
+    """README's section and the generated table print the same list (`tom.deviations`)."""
+    from pathlib import Path
+
+    from tom.deviations import DEVIATIONS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Deviations from the paper's code\n", 1)[1].split("\n## ", 1)[0]
+    items = [" ".join(item.split()) for item in section.split("\n- ")[1:]]
+    assert items == list(DEVIATIONS)
+
+
+def test_deviations_render_as_ascii_latex():
+    pytest.importorskip("seaborn")
+    from tom.analysis.tables import deviations_list, markdown_to_latex
+    from tom.deviations import DEVIATIONS
+
+    assert markdown_to_latex("w ≥ 0 in `model_nll`, 50% χ²") == (
+        r"w $\ge$ 0 in \texttt{model\_nll}, 50\% $\chi$\textsuperscript{2}")
+    latex = deviations_list(DEVIATIONS)
+    assert latex.isascii()  # plain pdflatex builds it
+    assert latex.count(r"\item ") == len(DEVIATIONS)
+    with pytest.raises(ValueError, match="unbalanced backticks"):
+        markdown_to_latex("a `b")

@@ -25,8 +25,36 @@ COMPONENTS = {"sac": "SAC", "model": "Dynamics model", "rollout": "Model rollout
               "vagram": "VaGraM loss"}
 
 
+# The few non-ASCII symbols of our prose, so the report builds with plain pdflatex.
+_LATEX_SYMBOLS = {"χ": r"$\chi$", "²": r"\textsuperscript{2}", "½": r"$\tfrac12$", "−": "$-$",
+                  "≥": r"$\ge$", "≤": r"$\le$", "×": r"$\times$", "∝": r"$\propto$"}
+
+
 def latex_escape(text: object) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def markdown_to_latex(text: str) -> str:
+    """One line of our Markdown prose (plain text, `code` spans, a few symbols) as LaTeX."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        raise ValueError(f"unbalanced backticks in {text!r}")
+    out = []
+    for i, part in enumerate(parts):
+        escaped = latex_escape(part)
+        if i % 2:
+            out.append(r"\texttt{" + escaped + "}")
+        else:
+            out.append("".join(_LATEX_SYMBOLS.get(ch, ch) for ch in escaped))
+    return "".join(out)
+
+
+def deviations_list(items: Sequence[str]) -> str:
+    """The deviations from the paper's code (`tom.deviations`) as a short itemised list."""
+    lines = [r"\paragraph{Deviations from the paper's code.}", r"\begin{itemize}"]
+    lines += [r"\item " + markdown_to_latex(item) for item in items]
+    lines.append(r"\end{itemize}")
+    return "\n".join(lines)
 
 
 def digits_for(x: float) -> int:
