@@ -1,7 +1,7 @@
 """The Snakemake workflow end to end: the smoke preset builds every figure and table, a second
 run schedules nothing, editing one notebook reruns only its rule, editing a preset reruns the
-runs it changes, and the paper preset's dry
-run (also through the SLURM profile) schedules one training job per (task, objective, seed).
+runs it changes, and the paper preset's dry run (also through the SLURM profile) schedules one
+training job per (task, objective, seed).
 
 Everything runs in a temporary copy of the repository (tracked and untracked-not-ignored
 files), made a git repository of its own so the figures can name a commit.
