@@ -106,3 +106,20 @@ def test_console_script_lists_tasks_objectives_presets():
                          text=True, check=True)
     for name in ("hopper", "Humanoid-v5", "inverted_pendulum", "tom-nodisc", "tom-kl", "paper"):
         assert name in res.stdout
+
+
+def test_time_limit_truncation_is_not_stored_as_termination():
+    """Real transitions carry `done` = the environment's own termination, never a time-out:
+    with a 30-step limit on hopper, random play ends episodes both ways."""
+    from tom.mbpo import Trainer
+
+    cfg = resolve("hopper", "mle", preset="smoke", overrides=[
+        "schedule.epochs=1", "schedule.epoch_length=300", "schedule.init_steps=300",
+        "schedule.max_episode_steps=30"])
+    trainer = Trainer(cfg)
+    trainer.run()
+    data = trainer.real.all()
+    terminated = get_task("hopper").termination(data.obs, data.act, data.next_obs)
+    assert torch.equal(data.done, terminated.reshape(-1).to(data.done.dtype))
+    episodes_ended = len(trainer.real.initial_states()) - 1
+    assert 0 < data.done.sum().item() < episodes_ended  # some ended by falling, some by time
