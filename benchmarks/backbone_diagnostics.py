@@ -22,7 +22,6 @@ import torch
 from tom.buffer import Transition
 from tom.config import resolve
 from tom.mbpo import Trainer, TrainResult
-from tom.sac import soft_q_target
 
 RECENT = 1000
 TD_BATCH = 5000
@@ -32,12 +31,8 @@ TD_BATCH = 5000
 def td_error(trainer: Trainer, batch: Transition) -> tuple[float, float]:
     """SAC's critic loss on ``batch`` (no update) and the mean Q of the batch."""
     agent = trainer.agent
-    next_act, next_logp = agent.sample(batch.next_obs)
-    next_q = agent.critic_target(batch.next_obs, next_act).min(dim=0).values
-    target = soft_q_target(batch.reward, batch.done, next_q, next_logp, agent.alpha,
-                           agent.cfg.gamma)
-    q = agent.critic(batch.obs, batch.act)
-    return (q - target).pow(2).mean(dim=1).sum().item(), q.mean().item()
+    loss = agent.critic_loss(batch, agent.alpha)
+    return loss.item(), agent.critic(batch.obs, batch.act).mean().item()
 
 
 @torch.no_grad()

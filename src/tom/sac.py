@@ -160,17 +160,24 @@ class SAC:
 
     # -- learning --------------------------------------------------------------------------
 
-    def update(self, batch: Transition) -> dict[str, float]:
-        """One gradient step on the critics, then the actor, then alpha; then Polyak targets."""
-        obs, act, reward, next_obs, done = batch
-        alpha = self.alpha
+    def critic_loss(self, batch: Transition, alpha: Tensor | float) -> Tensor:
+        """Both critics' squared error against the soft Bellman target (sum of two MSEs).
 
-        # Critics: regress both onto the soft Bellman target built from the target critics.
+        The target comes from the target critics and a fresh a' ~ pi(.|s'), without gradient.
+        """
+        obs, act, reward, next_obs, done = batch
         with torch.no_grad():
             next_act, next_logp = self.sample(next_obs)
             next_q = self.critic_target(next_obs, next_act).min(dim=0).values
             target = soft_q_target(reward, done, next_q, next_logp, alpha, self.cfg.gamma)
-        q_loss = (self.critic(obs, act) - target).pow(2).mean(dim=1).sum()  # sum of two MSEs
+        return (self.critic(obs, act) - target).pow(2).mean(dim=1).sum()
+
+    def update(self, batch: Transition) -> dict[str, float]:
+        """One gradient step on the critics, then the actor, then alpha; then Polyak targets."""
+        obs = batch.obs
+        alpha = self.alpha
+
+        q_loss = self.critic_loss(batch, alpha)
         self.critic_opt.zero_grad(set_to_none=True)
         q_loss.backward()
         self.critic_opt.step()
