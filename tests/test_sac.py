@@ -50,6 +50,32 @@ def test_act_shapes_bounds_and_determinism():
     assert not torch.equal(actions, agent.act(obs))  # stochastic actions are resampled
 
 
+def test_xavier_init_draws_glorot_uniform_weights_and_zero_biases():
+    """sac.init=xavier: every layer of actor, critics and target critics is U(+-b) with
+    b = sqrt(6 / (fan_in + fan_out)) and has zero bias (the paper's code's initialisation)."""
+    agent = make_agent(hidden_size=256, init="xavier")
+    layers = [(agent.actor.net[i].weight.T, agent.actor.net[i].bias) for i in (0, 2, 4)]
+    for net in (agent.critic, agent.critic_target):
+        layers += [(net.net[i].weight[k], net.net[i].bias[k]) for i in (0, 2, 4) for k in (0, 1)]
+    for weight, bias in layers:  # weight as [fan_in, fan_out]
+        fan_in, fan_out = weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert torch.all(bias == 0)
+        assert weight.abs().max() <= bound
+        # The standard deviation of U(-b, b) is b / sqrt(3); with >= 256 draws per layer the
+        # sample value is within 15 % of it (relative error ~ 1/sqrt(0.8 n)).
+        assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
+    assert torch.equal(agent.critic.net[0].weight, agent.critic_target.net[0].weight)
+
+
+def test_torch_init_keeps_pytorch_default():
+    agent = make_agent(hidden_size=256)  # init="torch"
+    hidden = agent.actor.net[2]
+    bound = 1.0 / math.sqrt(256)  # PyTorch's nn.Linear default, U(+-1/sqrt(fan_in))
+    assert hidden.weight.abs().max() <= bound and hidden.bias.abs().max() > 0
+    assert hidden.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
 def test_log_std_is_clamped():
     agent = make_agent()
     with torch.no_grad():

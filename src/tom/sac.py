@@ -105,6 +105,26 @@ class TwinQ(nn.Module):
         return self.net(x).reshape(2, *lead)
 
 
+def xavier_init_(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every linear layer, in place.
+
+    This is the initialisation of the SAC code the paper's code builds on (``weights_init_``,
+    U(+-sqrt(6 / (fan_in + fan_out)))); PyTorch's default draws smaller hidden weights and
+    nonzero biases.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            fan_out, fan_in = layer.weight.shape
+        elif isinstance(layer, StackedLinear):
+            fan_in, fan_out = layer.weight.shape[1:]
+        else:
+            continue
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        with torch.no_grad():
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.zero_()
+
+
 class SAC:
     """The agent: actor, twin critics with Polyak targets, learned temperature, optimisers."""
 
@@ -114,6 +134,9 @@ class SAC:
         sizes = (cfg.hidden_size, cfg.hidden_layers)
         self.actor = Actor(obs_dim, act_dim, *sizes).to(self.device)
         self.critic = TwinQ(obs_dim, act_dim, *sizes).to(self.device)
+        if cfg.init == "xavier":
+            xavier_init_(self.actor)
+            xavier_init_(self.critic)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # alpha = exp(log_alpha) keeps the temperature positive without a constraint.
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device,
