@@ -34,4 +34,7 @@ DEVIATIONS: tuple[str, ...] = (
     "A time-limit truncation is not a termination: the SAC target bootstraps through it (the "
     "paper's code stores the `done` of gym's TimeLimit wrapper, so a 1 000-step time-out is a "
     "terminal transition there).",
+    "SAC's log-density of a squashed action uses the exact tanh Jacobian, 2(log 2 − u − "
+    "softplus(−2u)) (the paper's code: log(1 − tanh(u)² + 1e-6), which understates the density "
+    "where actions saturate).",
 )
