@@ -51,9 +51,9 @@ def test_act_shapes_bounds_and_determinism():
 
 
 def test_xavier_init_draws_glorot_uniform_weights_and_zero_biases():
-    """sac.init=xavier: every layer of actor, critics and target critics is U(+-b) with
+    """sac.init=xavier (default): every layer of actor, critics and target critics is U(+-b) with
     b = sqrt(6 / (fan_in + fan_out)) and has zero bias (the paper's code's initialisation)."""
-    agent = make_agent(hidden_size=256, init="xavier")
+    agent = make_agent(hidden_size=256)  # the default
     layers = [(agent.actor.net[i].weight.T, agent.actor.net[i].bias) for i in (0, 2, 4)]
     for net in (agent.critic, agent.critic_target):
         layers += [(net.net[i].weight[k], net.net[i].bias[k]) for i in (0, 2, 4) for k in (0, 1)]
@@ -69,7 +69,7 @@ def test_xavier_init_draws_glorot_uniform_weights_and_zero_biases():
 
 
 def test_torch_init_keeps_pytorch_default():
-    agent = make_agent(hidden_size=256)  # init="torch"
+    agent = make_agent(hidden_size=256, init="torch")
     hidden = agent.actor.net[2]
     bound = 1.0 / math.sqrt(256)  # PyTorch's nn.Linear default, U(+-1/sqrt(fan_in))
     assert hidden.weight.abs().max() <= bound and hidden.bias.abs().max() > 0

@@ -44,9 +44,9 @@ class SACConfig:
     init_alpha: float = _f(1.0, "initial entropy temperature", low=0.0, low_open=True)
     auto_entropy: bool = _f(True, "tune the temperature towards the target entropy")
     target_entropy: float | None = _f(None, "target entropy; None means -|A|")
-    init: str = _f("torch", "initialisation of actor and critics: 'torch' (PyTorch's default, "
-                   "U(+-1/sqrt(fan_in)) weights and biases) or 'xavier' (the paper's code: "
-                   "Glorot-uniform weights, zero biases)", choices=("torch", "xavier"))
+    init: str = _f("xavier", "initialisation of actor and critics: 'xavier' (the paper's code: "
+                   "Glorot-uniform weights, zero biases) or 'torch' (PyTorch's default, "
+                   "U(+-1/sqrt(fan_in)) weights and biases)", choices=("xavier", "torch"))
 
 
 @dataclass
