@@ -62,8 +62,8 @@ def test_xavier_init_draws_glorot_uniform_weights_and_zero_biases():
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         assert torch.all(bias == 0)
         assert weight.abs().max() <= bound
-        # The standard deviation of U(-b, b) is b / sqrt(3); with >= 256 draws per layer the
-        # sample value is within 15 % of it (relative error ~ 1/sqrt(0.8 n)).
+        # The standard deviation of U(-b, b) is b / sqrt(3); with n >= 256 draws per layer the
+        # sample value's relative standard error is sqrt(0.2 / n) < 3 %, so 15 % is 5 sigma.
         assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
     assert torch.equal(agent.critic.net[0].weight, agent.critic_target.net[0].weight)
 
