@@ -69,6 +69,10 @@ class ModelConfig:
     holdout_fraction: float = _f(0.2, "fraction of the buffer held out (TOM presets: 0.1)",
                                  low=0.0, high=1.0, low_open=True)
     holdout_max: int = _f(5000, "cap on the holdout size", low=1)
+    mdn_noise: str = _f("shared", "the MDN's learned variance floor softplus(noise): 'shared' is "
+                        "the paper's code (one parameter, starting at softplus(0) = 0.69 in "
+                        "normalised units); 'per-dim' is one per target dimension starting at "
+                        "softplus(-6.9) = 1e-3", choices=("shared", "per-dim"))
     weighting: str = _f("resample", "how per-sample weights enter the fit: 'resample' draws "
                         "minibatches with probability proportional to w; 'loss' uses "
                         "sum(w*nll)/sum(w) on uniform minibatches", choices=("resample", "loss"))
@@ -119,7 +123,14 @@ class TOMConfig:
     dual_lr: float = _f(3e-4, "dual learning rate", low=0.0, low_open=True)
     dual_weight_decay: float = _f(1e-4, "dual weight decay", low=0.0)
     dual_hidden: int = _f(256, "dual Q width (two hidden layers)", low=1)
-    w_max: float = _f(10.0, "weights are clipped at this value", low=0.0, low_open=True)
+    w_max: float = _f(10.0, "the model fit's weights are clipped at this value (rollout starts "
+                      "use the unclipped weights, as the paper's code)", low=0.0, low_open=True)
+    dual_init: str = _f("xavier", "initialisation of the dual Q: 'xavier' (the paper's code: "
+                        "Glorot-uniform weights, zero biases) or 'torch' (PyTorch's default)",
+                        choices=("xavier", "torch"))
+    next_action_samples: int = _f(1, "sampled a' ~ pi(s') averaged into V(s') = E Q(s', a') in "
+                                  "the dual steps and the weights (paper's code: 1; one sample "
+                                  "inside the convex conjugate biases the weights)", low=1)
     age_bins: int = _f(10, "transition-age bins of the recorded weight profile", low=1)
 
 
@@ -127,10 +138,14 @@ class TOMConfig:
 class PMACConfig:
     """PMAC's policy-adapted mixture weights (Wang et al. 2022, PDML; ALGORITHM.md §6)."""
 
-    decay: float = _f(0.9, "weight factor per policy version: a transition collected by the "
-                      "policy of k model refits ago weighs decay^k times a fresh one (the "
-                      "paper's policy iterations = the loop's refit rounds); 1 = uniform",
-                      low=0.0, high=1.0, low_open=True)
+    decay: float = _f(0.9, "decay per policy version (see pmac.version): 'block': a new "
+                      "version scales all older mass by decay and takes 1 - decay itself; "
+                      "'refit': a transition k versions old weighs decay^k times a fresh one; "
+                      "1 = uniform ('refit' only)", low=0.0, high=1.0, low_open=True)
+    version: str = _f("block", "'block': a new policy version at each block of SAC updates, as "
+                      "the TOM paper's code (update_litm_prob); 'refit': one version per model "
+                      "refit round, as the PDML paper's policy snapshots",
+                      choices=("block", "refit"))
 
 
 @dataclass
@@ -377,6 +392,10 @@ def _validate_cross(cfg: RunConfig) -> None:
     if m.elites > m.ensemble_size:
         raise ConfigError(f"config key 'model.elites' = {m.elites} is not allowed: it must be "
                           f"<= model.ensemble_size = {m.ensemble_size}")
+    if cfg.objective == "pmac" and cfg.pmac.version == "block" and cfg.pmac.decay >= 1.0:
+        raise ConfigError(f"config key 'pmac.decay' = {cfg.pmac.decay} is not allowed with "
+                          "pmac.version = 'block' (a new version would get no mass): it must be "
+                          "< 1, or use pmac.version=refit for uniform weights")
     if cfg.rollout.every > s.epoch_length:
         raise ConfigError(f"config key 'rollout.every' = {cfg.rollout.every} is not allowed: "
                           f"it must be <= schedule.epoch_length = {s.epoch_length}")

@@ -405,7 +405,7 @@ class DynamicsModel(nn.Module, ABC):
 class MixtureDensityModel(DynamicsModel):
     """The paper code's model: one MLP, a K-component Gaussian mixture per target dimension.
 
-    Variance = softplus(raw) + softplus(learned per-dimension noise) (+ a 1e-6 floor); target
+    Variance = softplus(raw) + softplus(learned noise) (+ a 1e-6 floor); target
     dimensions are independent given (s, a), so the NLL sums per-dimension mixture NLLs.
     """
 
@@ -420,9 +420,17 @@ class MixtureDensityModel(DynamicsModel):
             width = cfg.hidden_size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, 3 * self.out_dim * self.components)
-        # softplus(-6.9) ≈ 1e-3: a small initial noise floor (variance, normalised units) that
-        # does not blur near-deterministic dimensions before it has learned anything.
-        self.raw_noise = nn.Parameter(torch.full((self.out_dim,), -6.9))
+        # The learned variance floor softplus(raw_noise). 'shared' is the paper code's: one
+        # parameter starting at softplus(0) ≈ 0.69 (normalised units), which it then learns
+        # down. 'per-dim' starts each dimension at softplus(-6.9) ≈ 1e-3, which does not blur
+        # near-deterministic dimensions before the fit has learned anything.
+        if cfg.mdn_noise == "shared":
+            self.raw_noise = nn.Parameter(torch.zeros(1))
+        elif cfg.mdn_noise == "per-dim":
+            self.raw_noise = nn.Parameter(torch.full((self.out_dim,), -6.9))
+        else:
+            raise ValueError("model.mdn_noise must be 'shared' or 'per-dim', "
+                             f"got {cfg.mdn_noise!r}")
 
     def mixture(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log mixture weights, means and variances, each [..., out_dim, K]."""

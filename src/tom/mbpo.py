@@ -158,12 +158,15 @@ class Trainer:
                              dim_weights=self.objective.fit_dim_weights())
         self.model_fitted = True
         t2 = time.perf_counter()
-        self._rollouts(self.objective.start_weights())
+        start_weights = self.objective.start_weights()
+        self._rollouts(start_weights)
         t3 = time.perf_counter()
         self.times["objective"] += t1 - t0
         self.times["model"] += t2 - t1
         self.times["rollout"] += t3 - t2
         self.latest.update(weight_statistics(weights, len(self.real)))
+        self.latest.update({f"start_{k}": v for k, v in
+                            weight_statistics(start_weights, len(self.real)).items()})
         self.latest["model_holdout_loss"] = fit.holdout_loss
         self.latest["model_fit_epochs"] = fit.epochs
         self.latest.update(self.objective.stats())
@@ -222,6 +225,8 @@ class Trainer:
             "model_holdout_loss": math.nan, "model_error_recent": math.nan,
             "model_nll_recent": math.nan, "model_fit_epochs": math.nan,
             "weight_mean": math.nan, "weight_max": math.nan, "weight_ess": math.nan,
+            "start_weight_mean": math.nan, "start_weight_max": math.nan,
+            "start_weight_ess": math.nan,
         }
         row.update(self.latest)
         row.update({f"sac_{k}": v for k, v in self.sac_stats.items()})

@@ -17,7 +17,15 @@ the discriminator's log-odds log c/(1−c) between the recent window D^π and R 
 at policy-relevant transitions; the binary variant uses ρ = 1 on D^π, 0 elsewhere.
 
 One refit: (1) train a fresh discriminator, (2) take Adam steps on the warm-started dual Q,
-(3) compute and clip w for every transition in R. The model fit and rollout starts use w.
+(3) compute w for every transition in R. The model fit uses w clipped at ``tom.w_max``; the
+rollout starts are drawn ∝ the unclipped w (as the paper's code does: it clips inside the
+model fit only).
+
+The discriminator follows the paper's code (``Discriminator_SAS``, itself GAIL's discriminator
+with an s, a, s' encoder each): Tanh encoders, the two BCE terms summed, and a WGAN-GP
+gradient penalty on the *raw logit* at random interpolates of D^π and R rows. A penalty on the
+sigmoid c instead (whose slope is at most ¼) forbids confident outputs and flattens ρ towards
+0; ``tests/test_tom_discriminator.py`` shows the difference.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tom.buffer import ReplayBuffer, Transition
+from tom.config import TOMConfig
 from tom.objectives.base import RefitContext, ReweightingObjective
-from tom.sac import mlp
+from tom.sac import mlp, xavier_init_
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
 # anyway, so the argument is capped well below (the cap never binds at a sane optimum).
@@ -86,19 +95,22 @@ def occupancy_weights(residual: Tensor, divergence: str, w_max: float | None = N
 
 
 class Discriminator(nn.Module):
-    """c(s,a,s'): one small encoder layer each for s, a, s', concatenated, then two layers.
+    """c(s,a,s'), the paper code's architecture: a Tanh encoder of width hidden/2 for each of
+    s, a and s', concatenated, a Tanh layer of width hidden, and the logit.
 
-    Inputs are standardised with the replay buffer's statistics of this round. Returns the
-    logit, which is exactly the shaping reward ρ = log c/(1−c).
+    Inputs are standardised with the replay buffer's statistics of this round (a deviation:
+    the paper's code feeds raw features). Returns the logit, which is exactly the shaping
+    reward ρ = log c/(1−c).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, stats: Transition) -> None:
         super().__init__()
-        enc = max(hidden // 4, 8)
-        self.enc_s, self.enc_a, self.enc_s2 = (nn.Linear(obs_dim, enc), nn.Linear(act_dim, enc),
-                                               nn.Linear(obs_dim, enc))
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(3 * enc, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, 1))
+        enc = max(hidden // 2, 1)
+        self.enc_s, self.enc_a, self.enc_s2 = (
+            nn.Sequential(nn.Linear(obs_dim, enc), nn.Tanh()),
+            nn.Sequential(nn.Linear(act_dim, enc), nn.Tanh()),
+            nn.Sequential(nn.Linear(obs_dim, enc), nn.Tanh()))
+        self.head = nn.Sequential(nn.Linear(3 * enc, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.register_buffer("mean", torch.cat([stats.obs.mean(0), stats.act.mean(0),
                                                 stats.next_obs.mean(0)]))
         self.register_buffer("std", torch.cat([stats.obs.std(0), stats.act.std(0),
@@ -106,88 +118,161 @@ class Discriminator(nn.Module):
         self.obs_dim, self.act_dim = obs_dim, act_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logit of c for rows x = [s, a, s'] (concatenated)."""
+        """Logit of c for rows x = [s, a, s'] (concatenated, raw units)."""
         x = (x - self.mean) / self.std
         s, a, s2 = torch.split(x, [self.obs_dim, self.act_dim, self.obs_dim], dim=-1)
         return self.head(torch.cat([self.enc_s(s), self.enc_a(a), self.enc_s2(s2)], -1)).squeeze(-1)
 
 
-def _sas(batch: Transition) -> Tensor:
+def sas(batch: Transition) -> Tensor:
+    """Rows [s, a, s'], the discriminator's input."""
     return torch.cat([batch.obs, batch.act, batch.next_obs], dim=-1)
 
 
-class DualQ(nn.Module):
-    """Q(s,a) of the dual program: an MLP on [s, a]."""
+def gradient_penalty(disc: Discriminator, pos: Tensor, neg: Tensor) -> Tensor:
+    """(‖∇_x logit(x̂)‖ − 1)², averaged over random interpolates x̂ of D^π and R rows.
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+    The gradient is taken in raw input units, as in the paper's code (the standardisation
+    inside the network only reparametrises it), and of the raw logit, not of the sigmoid.
+    """
+    eps = torch.rand(pos.shape[0], 1, device=pos.device)
+    x = (eps * pos + (1.0 - eps) * neg).requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc(x).sum(), x, create_graph=True)
+    return ((grad.norm(dim=-1) - 1.0) ** 2).mean()
+
+
+def discriminator_loss(disc: Discriminator, pos: Tensor, neg: Tensor, replay_label: float,
+                       grad_penalty: float) -> Tensor:
+    """BCE(D^π → 1) + BCE(R → replay_label), each a batch mean, summed (as the paper's code),
+    plus ``grad_penalty`` × the gradient penalty on the logit."""
+    bce_pos = F.binary_cross_entropy_with_logits(disc(pos), torch.ones(len(pos), device=pos.device))
+    bce_neg = F.binary_cross_entropy_with_logits(
+        disc(neg), torch.full((len(neg),), replay_label, device=neg.device))
+    loss = bce_pos + bce_neg
+    if grad_penalty > 0:
+        loss = loss + grad_penalty * gradient_penalty(disc, pos, neg)
+    return loss
+
+
+def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_dim: int,
+                        act_dim: int) -> Discriminator:
+    """A fresh discriminator trained on D^π (rows where ``recent``) against all of R.
+
+    Each pass goes once over D^π in shuffled minibatches of ``cfg.disc_batch``, each paired
+    with as many uniform draws from R (which contains D^π, as a replay buffer does).
+    """
+    device = buf.device
+    disc = Discriminator(obs_dim, act_dim, cfg.disc_hidden, buf.all()).to(device)
+    opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
+    recent_idx = torch.nonzero(recent).squeeze(-1)
+    n_recent = recent_idx.numel()
+    for _ in range(cfg.disc_passes):
+        order = recent_idx[torch.randperm(n_recent, device=device)]
+        for lo in range(0, n_recent, cfg.disc_batch):
+            pos = sas(buf.get(order[lo:lo + cfg.disc_batch]))
+            neg = sas(buf.sample(pos.shape[0]))
+            loss = discriminator_loss(disc, pos, neg, cfg.replay_label, cfg.grad_penalty)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    disc.requires_grad_(False)
+    return disc
+
+
+@torch.no_grad()
+def discriminator_statistics(disc: Discriminator, buf: ReplayBuffer, recent: Tensor
+                             ) -> dict[str, float]:
+    """Balanced accuracy of c > ½ for D^π vs the rest of R, and the logit's mean and std on
+    each (diagnostics of how strongly ρ shapes the dual, not training targets)."""
+    logits = disc(sas(buf.all()))
+    older = ~recent if (~recent).any() else recent
+    hit = (logits > 0) == recent
+    acc = 0.5 * (hit[recent].float().mean() + hit[older].float().mean())
+    on_recent, on_older = logits[recent].double(), logits[older].double()
+    return {"disc_acc": acc.item(),
+            "disc_logit_recent_mean": on_recent.mean().item(),
+            "disc_logit_recent_std": on_recent.std(unbiased=False).item(),
+            "disc_logit_old_mean": on_older.mean().item(),
+            "disc_logit_old_std": on_older.std(unbiased=False).item()}
+
+
+class DualQ(nn.Module):
+    """Q(s,a) of the dual program: a ReLU MLP on [s, a].
+
+    ``init='xavier'`` is the paper code's (its ``QNetwork``: Glorot-uniform weights, zero
+    biases); ``'torch'`` keeps PyTorch's default.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, init: str = "xavier") -> None:
         super().__init__()
         self.net = mlp(obs_dim + act_dim, 1, hidden, hidden_layers=2)
+        if init == "xavier":
+            xavier_init_(self.net)
+        elif init != "torch":
+            raise ValueError(f"init must be 'xavier' or 'torch', got {init!r}")
 
     def forward(self, obs: Tensor, act: Tensor) -> Tensor:
         return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
+    """V(s') = E_{a'~π(s')} Q(s', a'), averaged over ``samples`` sampled a' per row.
+
+    One sample (the paper's code) is unbiased for V but not inside the convex conjugate of the
+    dual, where the noise biases the minimiser; more samples shrink that bias.
+    """
+    if samples == 1:
+        with torch.no_grad():
+            act, _ = agent.sample(next_obs)
+        return q(next_obs, act)
+    rows = next_obs.repeat(samples, 1)
+    with torch.no_grad():
+        act, _ = agent.sample(rows)
+    return q(rows, act).view(samples, -1).mean(0)
 
 
 # -- the objective ------------------------------------------------------------------------------
 
 
 class TOMObjective(ReweightingObjective):
-    """Weights w ≈ d^π_T/d^R from the dual program; model fit and rollout starts use them."""
+    """Weights w ≈ d^π_T/d^R from the dual program: the model fit uses them clipped at
+    ``tom.w_max``, the rollout starts unclipped."""
 
     def __init__(self, cfg, obs_dim: int, act_dim: int) -> None:
         super().__init__(cfg, obs_dim, act_dim)
         self.tom, self.gamma = cfg.tom, cfg.sac.gamma
-        self.q = DualQ(obs_dim, act_dim, self.tom.dual_hidden).to(self.device)
+        self.q = DualQ(obs_dim, act_dim, self.tom.dual_hidden, self.tom.dual_init).to(self.device)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=self.tom.dual_lr,
                                       weight_decay=self.tom.dual_weight_decay)
         self.rounds = 0
+        self.raw_weights: Tensor | None = None  # f*'(e) before the clip
 
     def update(self, ctx: RefitContext) -> None:
         # Until the recent window holds N_π transitions of the learning policy, D^π is not a
         # sample of the current policy: fit like MLE (as the paper's code does).
         if ctx.learner_steps < self.tom.recent_window:
-            self.weights, self._stats = None, {}
+            self.weights = self.raw_weights = None
+            self._stats = {}
             return
         buf = ctx.buffer
         recent = buf.recent_mask(self.tom.recent_window)
         disc_stats, rho_fn = self._shaping_reward(buf, recent)
         dual_stats = self._train_dual(buf, ctx.agent, rho_fn, recent)
-        self.weights = self._all_weights(buf, ctx.agent, rho_fn, recent)
+        self.raw_weights = self._all_weights(buf, ctx.agent, rho_fn, recent)
+        self.weights = torch.clamp(self.raw_weights, max=self.tom.w_max)
         self.rounds += 1
         self._stats = {**disc_stats, **dual_stats, "tom_rounds": float(self.rounds)}
+
+    def start_weights(self) -> Tensor | None:
+        return self.raw_weights
 
     # Step 1: the shaping reward ρ (discriminator log-odds, or the binary indicator).
     def _shaping_reward(self, buf: ReplayBuffer, recent: Tensor):
         if self.tom.reward == "binary":
             return {}, lambda batch, is_recent: is_recent.float()
-        disc = self._train_discriminator(buf, recent)
-        stats = {"disc_acc": _discriminator_accuracy(disc, buf, recent)}
-        return stats, lambda batch, is_recent: disc(_sas(batch))
-
-    def _train_discriminator(self, buf: ReplayBuffer, recent: Tensor) -> Discriminator:
-        """Fresh network each round: BCE (D^π → 1, R → replay_label) + gradient penalty."""
-        t = self.tom
-        data = buf.all()
-        disc = Discriminator(self.obs_dim, self.act_dim, t.disc_hidden, data).to(self.device)
-        opt = torch.optim.Adam(disc.parameters(), lr=t.disc_lr)
-        recent_idx = torch.nonzero(recent).squeeze(-1)
-        n_recent = recent_idx.numel()
-        steps_per_pass = -(-n_recent // t.disc_batch)
-        for _ in range(t.disc_passes):
-            order = recent_idx[torch.randperm(n_recent, device=self.device)]
-            for k in range(steps_per_pass):
-                pos = _sas(buf.get(order[k * t.disc_batch:(k + 1) * t.disc_batch]))
-                neg = _sas(buf.sample(pos.shape[0]))
-                logits = disc(torch.cat([pos, neg]))
-                labels = torch.cat([torch.ones(len(pos), device=self.device),
-                                    torch.full((len(neg),), t.replay_label, device=self.device)])
-                loss = F.binary_cross_entropy_with_logits(logits, labels)
-                if t.grad_penalty > 0:
-                    loss = loss + t.grad_penalty * _gradient_penalty(disc, pos, neg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        disc.requires_grad_(False)
-        return disc
+        disc = train_discriminator(buf, recent, self.tom, self.obs_dim, self.act_dim)
+        stats = discriminator_statistics(disc, buf, recent)
+        return stats, lambda batch, is_recent: disc(sas(batch))
 
     # Step 2: Adam steps on the dual, warm-started from the last round.
     def _train_dual(self, buf: ReplayBuffer, agent, rho_fn, recent: Tensor) -> dict[str, float]:
@@ -201,16 +286,17 @@ class TOMObjective(ReweightingObjective):
             with torch.no_grad():
                 rho = rho_fn(batch, recent[idx])
                 a0, _ = agent.sample(s0)
-                a_next, _ = agent.sample(batch.next_obs)
             residual = dual_residual(rho, self.q(batch.obs, batch.act),
-                                     self.q(batch.next_obs, a_next), batch.done, self.gamma)
+                                     next_value(self.q, agent, batch.next_obs,
+                                                t.next_action_samples),
+                                     batch.done, self.gamma)
             loss = dual_loss(self.q(s0, a0), residual, self.gamma, t.divergence)
             self.q_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.q_opt.step()
         return {"dual_loss": loss.item()}
 
-    # Step 3: weights for every transition in R, batched, no grad, clipped.
+    # Step 3: unclipped weights for every transition in R, batched, no grad.
     @torch.no_grad()
     def _all_weights(self, buf: ReplayBuffer, agent, rho_fn, recent: Tensor,
                      chunk: int = 65_536) -> Tensor:
@@ -218,10 +304,11 @@ class TOMObjective(ReweightingObjective):
         for lo in range(0, data.size, chunk):
             sl = slice(lo, lo + chunk)
             batch = data.index(sl)
-            a_next, _ = agent.sample(batch.next_obs)
             residual = dual_residual(rho_fn(batch, recent[sl]), self.q(batch.obs, batch.act),
-                                     self.q(batch.next_obs, a_next), batch.done, self.gamma)
-            parts.append(occupancy_weights(residual, self.tom.divergence, self.tom.w_max))
+                                     next_value(self.q, agent, batch.next_obs,
+                                                self.tom.next_action_samples),
+                                     batch.done, self.gamma)
+            parts.append(occupancy_weights(residual, self.tom.divergence))
         weights = torch.cat(parts)
         if not torch.isfinite(weights).all() or weights.sum() <= 0:
             raise FloatingPointError(
@@ -236,23 +323,3 @@ class TOMObjective(ReweightingObjective):
         self.q.load_state_dict(state["q"])
         self.q_opt.load_state_dict(state["q_opt"])
         self.rounds = state["rounds"]
-
-
-def _gradient_penalty(disc: Discriminator, pos: Tensor, neg: Tensor) -> Tensor:
-    """λ-free penalty (‖∇_x c(x̂)‖ − 1)² on random interpolates x̂ of D^π and R samples."""
-    eps = torch.rand(pos.shape[0], 1, device=pos.device)
-    x = (eps * pos + (1.0 - eps) * neg).requires_grad_(True)
-    c = torch.sigmoid(disc(x))
-    (grad,) = torch.autograd.grad(c.sum(), x, create_graph=True)
-    return ((grad.norm(dim=-1) - 1.0) ** 2).mean()
-
-
-@torch.no_grad()
-def _discriminator_accuracy(disc: Discriminator, buf: ReplayBuffer, recent: Tensor) -> float:
-    """Balanced accuracy of c > ½ for D^π vs the rest of R (a diagnostic, not a target)."""
-    logits = disc(_sas(buf.all()))
-    hit = (logits > 0) == recent
-    older = ~recent
-    acc_recent = hit[recent].float().mean()
-    acc_old = hit[older].float().mean() if older.any() else acc_recent
-    return (0.5 * (acc_recent + acc_old)).item()
