@@ -84,3 +84,46 @@ def test_tom_fits_like_mle_until_recent_window_is_learner_data():
     buf = ReplayBuffer(10, S, A)
     obj.update(RefitContext(buf, None, env_steps=500, learner_steps=cfg.tom.recent_window - 1))
     assert obj.fit_weights() is None and obj.start_weights() is None
+
+
+def test_rollout_starts_use_unclipped_weights_and_the_fit_clipped(monkeypatch):
+    """The paper's code clips w at w_max inside the model fit only; rollout starts are drawn
+    ∝ the unclipped w. With w = 40 on the newest tenth and 1 elsewhere (w_max = 10), 82 % of
+    the starts must come from the newest tenth (40·0.1 / (40·0.1 + 0.9)); ∝ the clipped
+    weights it would be 53 %, uniform 10 %."""
+    from tom.mbpo import Trainer
+
+    cfg = resolve("inverted_pendulum", "tom", preset="smoke",
+                  overrides={"tom.w_max": 10.0, "rollout.starts": 4000})
+    trainer = Trainer(cfg)
+    obs = trainer._reset()
+    for _ in range(500):
+        obs = trainer._real_step(obs)
+    n = len(trainer.real)
+    newest = trainer.real.ages() < n // 10
+    raw = torch.where(newest, 40.0, 1.0)
+
+    def fixed_weights(ctx):
+        trainer.objective.raw_weights = raw
+        trainer.objective.weights = torch.clamp(raw, max=cfg.tom.w_max)
+
+    monkeypatch.setattr(trainer.objective, "update", fixed_weights)
+    fit_weights = []
+    real_fit = trainer.model.fit
+    monkeypatch.setattr(trainer.model, "fit",
+                        lambda data, weights=None, **kw: fit_weights.append(weights)
+                        or real_fit(data, weights, **kw))
+    start_rows = []
+    import tom.mbpo
+
+    real_draw = tom.mbpo.weighted_indices
+    monkeypatch.setattr(tom.mbpo, "weighted_indices",
+                        lambda w, k: start_rows.append(real_draw(w, k)) or start_rows[-1])
+    torch.manual_seed(0)
+    trainer._refit()
+    assert torch.equal(fit_weights[0], torch.clamp(raw, max=10.0))
+    share = newest[start_rows[0]].float().mean().item()
+    assert share == pytest.approx(40 * 0.1 / (40 * 0.1 + 0.9), abs=0.03)
+    row = trainer.latest
+    assert row["weight_max"] == 10.0 and row["start_weight_max"] == 40.0
+    assert row["start_weight_ess"] < row["weight_ess"]

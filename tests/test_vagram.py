@@ -1,5 +1,7 @@
-"""VaGraM: value gradients of known value functions, the loss in closed form, bound clipping,
-the mean-only model fit it switches on, and the end-to-end run."""
+"""VaGraM in both versions: as the TOM paper's code computes it (signed, accumulated critic
+gradients weighting the MDN's per-dimension NLL, its SAC data mix) and the VaGraM paper's loss
+(value gradients of known value functions, the loss in closed form, bound clipping, the
+mean-only model fit it switches on); and the end-to-end runs."""
 
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from tom.objectives import RefitContext, make_objective
 from tom.objectives.vagram import (
     VaGraMObjective,
     clip_gradient_norms,
+    critic_value_gradients,
+    model_batch_probability,
+    paper_code_gradient,
+    paper_code_nll_weights,
     vagram_dim_weights,
     vagram_error,
     value_gradients,
@@ -110,9 +116,9 @@ def test_bound_clipping_caps_norms_at_the_quantile_and_keeps_directions():
 # -- the objective ---------------------------------------------------------------------------------
 
 
-def _objective(quantile: float = 1.0) -> VaGraMObjective:
+def _objective(quantile: float = 1.0, loss: str = "vagram-paper") -> VaGraMObjective:
     cfg = resolve("inverted_pendulum", "vagram", preset="smoke",
-                  overrides={"vagram.clip_quantile": quantile})
+                  overrides={"vagram.clip_quantile": quantile, "vagram.loss": loss})
     obj = make_objective(cfg, OBS, ACT)
     assert isinstance(obj, VaGraMObjective)
     return obj
@@ -145,7 +151,8 @@ def test_objective_weights_are_squared_value_gradients_at_next_state(value, grad
 def test_objective_with_the_sac_value():
     from tom.sac import SAC
 
-    cfg = resolve("inverted_pendulum", "vagram", preset="smoke")
+    cfg = resolve("inverted_pendulum", "vagram", preset="smoke",
+                  overrides={"vagram.loss": "vagram-paper"})
     agent = SAC(OBS, ACT, cfg.sac)
     buf = _buffer(data(50))
     obj = make_objective(cfg, OBS, ACT)
@@ -231,12 +238,185 @@ def test_bad_dim_weights_fail_loudly():
         model.fit(batch, dim_weights=torch.zeros(20, 1 + OBS))
 
 
-def test_smoke_run(tmp_path):
+def test_smoke_run_vagram_paper_loss(tmp_path):
     argv = ["train", "--env", "inverted_pendulum", "--objective", "vagram", "--preset", "smoke",
-            "--out", str(tmp_path), "--quiet"]
+            "--out", str(tmp_path), "--quiet", "--set", "vagram.loss=vagram-paper"]
     assert main(argv) == 0
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     for col in ("model_holdout_loss", "model_error_recent", "vagram_clip_bound"):
         assert metrics[col].map(math.isfinite).iloc[-1], col
     assert metrics["model_nll_recent"].isna().all()  # no density after a mean-only fit
     assert (metrics["weight_ess"] == 1.0).all()  # uniform data weights
+
+
+# -- VaGraM as the TOM paper's code computes it ------------------------------------------------
+
+CRITIC_SLOPES = torch.tensor([[1.0, -2.0, 0.5], [0.5, 1.0, 1.0], [-1.0, 0.0, 2.0],
+                              [3.0, 1.0, -1.0]])  # ∇_s' of Q1, Q2, Q1', Q2'
+
+
+class LinearCritics:
+    """Stands in for SAC: Q_i(s, a) = c_i·s + Σa (gradients c_i w.r.t. s), and an actor."""
+
+    def __init__(self, slopes: torch.Tensor) -> None:
+        self.slopes = slopes
+
+    def actor(self, s: torch.Tensor):
+        return s[:, :ACT], torch.zeros(len(s), ACT)
+
+    def critic(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return (s @ self.slopes[:2].T).T + a.sum(-1)
+
+    def critic_target(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return (s @ self.slopes[2:].T).T + a.sum(-1)
+
+
+def test_paper_code_gradient_is_the_running_sum_of_the_four_critics():
+    """The paper code's .grad is never zeroed between its four critics: the i-th gradient is
+    the running sum, so the average weighs them 4:3:2:1, not equally."""
+    s = torch.randn(10, OBS)
+    grads = critic_value_gradients(LinearCritics(CRITIC_SLOPES), s, chunk=3)
+    assert torch.allclose(grads, CRITIC_SLOPES[:, None, :].expand(4, 10, OBS))
+    g, bound, clipped = paper_code_gradient(grads, 0.95)
+    c1, c2, c3, c4 = CRITIC_SLOPES
+    assert torch.allclose(g, ((4 * c1 + 3 * c2 + 2 * c3 + c4) / 4).expand(10, OBS))
+    assert clipped == 0 and bound > 0
+
+
+def test_paper_code_gradient_with_the_sac_critics():
+    """The four gradients are each critic's own ∂Q_i(s', a̅)/∂s' at the mean action held fixed."""
+    from tom.sac import SAC
+
+    cfg = resolve("inverted_pendulum", "vagram", preset="smoke")
+    agent = SAC(OBS, ACT, cfg.sac)
+    s = torch.randn(6, OBS)
+    grads = critic_value_gradients(agent, s)
+    act = agent.actor(s)[0].tanh().detach()
+    for i, net in enumerate([agent.critic, agent.critic, agent.critic_target,
+                             agent.critic_target]):
+        x = s.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(net(x, act)[i % 2].sum(), x)
+        assert torch.allclose(grads[i], expected, atol=1e-6)
+    assert all(p.grad is None for p in agent.critic.parameters())
+
+
+def test_paper_code_clipping_binds_only_above_1e5():
+    """``norms < quantile or norms < 100000`` keeps a row: only norms ≥ 1e5 that also exceed
+    the quantile are scaled down to it."""
+    directions = torch.nn.functional.normalize(torch.randn(20, OBS), dim=-1)
+    small = directions * torch.linspace(1.0, 50.0, 20)[:, None]  # all above the 0.5 quantile
+    g, _, clipped = paper_code_gradient(torch.stack([small, 0 * small, 0 * small, 0 * small]),
+                                        0.5)
+    assert clipped == 0 and torch.allclose(g, small)  # 4·G/4 with the later three zero
+    huge = small.clone()
+    huge[-1] = directions[-1] * 3e5
+    g, bound, clipped = paper_code_gradient(torch.stack([huge, 0 * huge, 0 * huge, 0 * huge]),
+                                            0.5)
+    assert clipped == 4  # the same row, once in each of the four running sums
+    assert torch.allclose(g[:-1], small[:-1])
+    assert g[-1].norm().item() == pytest.approx(bound, rel=1e-5)
+    assert torch.allclose(torch.nn.functional.normalize(g[-1], dim=0), directions[-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("first_epoch", [False, True])
+def test_paper_code_loss_equals_closed_form_of_vaml_py(first_epoch):
+    """The fit's loss per transition is what ``vaml.py`` computes (mode use_scaling):
+
+        (1/obs_dim) Σ_j ḡ_j · nll[:, j] + nll[:, -1]   (+ mean_d nll[:, d] in the first epoch)
+
+    with nll the MDN's per-dimension NLL of the normalised targets [reward, Δs]: column j of
+    the gradient weights column j of the targets (column 0 is the reward), and the
+    "reward" term is the last Δs dimension. Computed here independently with
+    torch.distributions, as vaml.py does. (This closed form was checked once against the
+    paper code's own VAML.loss, run outside this repository on CPU with linear critics:
+    equal to 6e-8; a plain average of the four gradients instead of the running sums, or
+    aligned columns, differ by 0.8 and 0.2 there.)"""
+    batch = data(200)
+    model = small_model("mdn")
+    model.fit(batch)  # a non-trivial normaliser
+    g = torch.randn(200, OBS)  # signed, as critic gradients are
+    weights = paper_code_nll_weights(g, first_epoch)
+    x, y = model.normalised(batch)
+    log_w, mean, var = model.mixture(x)
+    dist = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=log_w),
+        torch.distributions.Normal(mean, var.sqrt()))
+    nll = -dist.log_prob(y).detach()  # [B, 1 + OBS]
+    expected = (g * nll[:, :OBS]).mean(-1) + nll[:, -1]
+    if first_epoch:
+        expected = expected + nll.mean(-1)
+    assert torch.allclose(model.weighted_nll(batch, weights), expected, rtol=1e-4, atol=1e-5)
+    aligned = paper_code_nll_weights(g, first_epoch, aligned=True)
+    expected_aligned = (g * nll[:, 1:]).mean(-1) + nll[:, 0] + (nll.mean(-1) if first_epoch
+                                                                  else 0.0)
+    assert torch.allclose(model.weighted_nll(batch, aligned), expected_aligned, rtol=1e-4,
+                          atol=1e-5)
+
+
+def test_paper_code_objective_and_signed_fit():
+    """The objective hands the fit signed NLL weights (first learner epoch: plus the mean NLL);
+    the fit keeps the density, so the model is still probabilistic afterwards."""
+    batch = data(300)
+    buf = _buffer(batch)
+    obj = _objective(0.95, loss="paper-code")
+    agent = LinearCritics(CRITIC_SLOPES)
+    obj.update(RefitContext(buf, agent, env_steps=300, learner_steps=0))
+    c1, c2, c3, c4 = CRITIC_SLOPES
+    g = ((4 * c1 + 3 * c2 + 2 * c3 + c4) / 4).expand(300, OBS)
+    assert torch.allclose(obj.fit_nll_dim_weights(), paper_code_nll_weights(g, True))
+    assert obj.fit_dim_weights() is None and obj.fit_weights() is None
+    assert obj.stats()["vagram_negative_share"] == pytest.approx(1 / 3)
+    obj.update(RefitContext(buf, agent, env_steps=10**4, learner_steps=10**4))
+    weights = obj.fit_nll_dim_weights()
+    assert torch.allclose(weights, paper_code_nll_weights(g, False))
+    model = small_model("mdn", seed=2)
+    fit = model.fit(batch, nll_dim_weights=weights)
+    assert not model.mean_only and math.isfinite(fit.holdout_loss)
+    assert torch.isfinite(model.nll(batch)).all()
+    with pytest.raises(ValueError, match="not both"):
+        model.fit(batch, dim_weights=torch.ones(300, 1 + OBS), nll_dim_weights=weights)
+
+
+def test_model_batch_probability_is_the_paper_codes_ramp():
+    """truncated_linear(0, 20, 0, 0.95, epoch)."""
+    got = [model_batch_probability(e) for e in (0, 1, 10, 19, 20, 60)]
+    assert got == pytest.approx([0.0, 0.0475, 0.475, 0.9025, 0.95, 0.95])
+    mbpo = resolve("hopper", "vagram", preset="smoke", overrides={"vagram.sac_mix": "mbpo"})
+    assert make_objective(mbpo, OBS, ACT).model_batch_probability(0) == 1.0
+
+
+def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypatch):
+    """The loop asks the objective once per block and mixes model data into a minibatch with
+    that probability; the others are their real part alone."""
+    from tom.mbpo import Trainer
+
+    cfg = resolve("inverted_pendulum", "vagram", preset="smoke")
+    trainer = Trainer(cfg)
+    obs = trainer._reset()
+    for _ in range(300):
+        obs = trainer._real_step(obs)
+    trainer._refit()
+    sizes, asked = [], []
+    monkeypatch.setattr(trainer.agent, "update", lambda batch: sizes.append(batch.size) or {})
+    monkeypatch.setattr(trainer.objective, "model_batch_probability",
+                        lambda epoch: asked.append(epoch) or 0.3)
+    torch.manual_seed(0)
+    for _ in range(100):
+        trainer._sac_block()
+    n_real = int(cfg.sac.batch_size * cfg.rollout.real_ratio)
+    assert set(sizes) == {n_real, cfg.sac.batch_size}
+    share = sizes.count(cfg.sac.batch_size) / len(sizes)
+    assert share == pytest.approx(0.3, abs=0.05)  # 1000 draws: 4 standard errors
+    learner_epoch = (trainer.env_steps - 1 - cfg.schedule.init_steps) // cfg.schedule.epoch_length
+    assert asked == [learner_epoch] * 100
+
+
+def test_smoke_run_paper_code(tmp_path):
+    argv = ["train", "--env", "inverted_pendulum", "--objective", "vagram", "--preset", "smoke",
+            "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    for col in ("model_holdout_loss", "model_error_recent", "model_nll_recent",
+                "vagram_clip_bound", "vagram_negative_share"):
+        assert metrics[col].map(math.isfinite).iloc[-1], col
+    assert (metrics["vagram_clipped_rows"] == 0).all()

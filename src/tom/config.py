@@ -152,9 +152,20 @@ class PMACConfig:
 class VaGraMConfig:
     """VaGraM's value-gradient weighted model loss (Voelcker et al. 2022; ALGORITHM.md §6)."""
 
+    loss: str = _f("paper-code", "'paper-code': the TOM paper's code (its VAML(MDN)): the MDN's "
+                   "per-dimension NLL weighted by the signed value gradient of its four "
+                   "critics, targets misaligned as there; 'paper-code-aligned': the same with "
+                   "each gradient on its own dimension; 'vagram-paper': the VaGraM paper's "
+                   "squared-gradient weighted squared error of the model mean",
+                   choices=("paper-code", "paper-code-aligned", "vagram-paper"))
     clip_quantile: float = _f(0.95, "bound clipping: value gradients whose norm exceeds this "
-                              "quantile of the buffer's norms are scaled down to it; 1 = none",
+                              "quantile of the buffer's norms are scaled down to it; 1 = none "
+                              "(paper-code: only where the norm is also >= 1e5, as there)",
                               low=0.0, high=1.0, low_open=True)
+    sac_mix: str = _f("paper-code", "SAC minibatches: 'paper-code' mixes model data in with "
+                      "probability 0.95*min(epoch/20, 1) per minibatch (else its real part "
+                      "alone), as the paper's code for VaGraM; 'mbpo': every minibatch mixed",
+                      choices=("paper-code", "mbpo"))
 
 
 @dataclass
@@ -396,6 +407,12 @@ def _validate_cross(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'pmac.decay' = {cfg.pmac.decay} is not allowed with "
                           "pmac.version = 'block' (a new version would get no mass): it must be "
                           "< 1, or use pmac.version=refit for uniform weights")
+    if (cfg.objective == "vagram" and cfg.vagram.sac_mix == "paper-code"
+            and int(cfg.sac.batch_size * cfg.rollout.real_ratio) < 1):
+        raise ConfigError(f"config key 'rollout.real_ratio' = {cfg.rollout.real_ratio} is not "
+                          "allowed with vagram.sac_mix = 'paper-code' (its real-only minibatches "
+                          "would be empty): it must leave at least one real transition per "
+                          "minibatch, or use vagram.sac_mix=mbpo")
     if cfg.rollout.every > s.epoch_length:
         raise ConfigError(f"config key 'rollout.every' = {cfg.rollout.every} is not allowed: "
                           f"it must be <= schedule.epoch_length = {s.epoch_length}")

@@ -8,9 +8,12 @@ importance resampling or inside the loss), a w-weighted holdout NLL with early s
 the best-holdout parameters restored at the end. The weighting is the only thing that makes
 TOM differ from MLE, so it is implemented once, here, for both models.
 
-Per-dimension weights (``fit(..., dim_weights=W)``, VaGraM) switch the fit to a *mean-only*
-loss, Σ_d W_d (ŷ_d − y_d)² of each member's predicted mean, with W given in raw target units
-and converted to the normalised targets (W·out_std²); such a model then rolls out its mean.
+Per-dimension weights (``fit(..., dim_weights=W)``, the VaGraM paper's loss) switch the fit to
+a *mean-only* loss, Σ_d W_d (ŷ_d − y_d)² of each member's predicted mean, with W given in raw
+target units and converted to the normalised targets (W·out_std²); such a model then rolls out
+its mean. Per-dimension NLL weights (``fit(..., nll_dim_weights=W)``, VaGraM as the TOM paper's
+code runs it) keep the density but train on Σ_d W_d · nll_d, the NLL of each normalised target
+dimension d weighted by W_d, which may be negative; neither rescaled nor checked for sign.
 """
 
 from __future__ import annotations
@@ -106,6 +109,24 @@ def check_dim_weights(dim_weights: Tensor | None, n: int, out_dim: int,
     return dw
 
 
+def check_nll_dim_weights(nll_dim_weights: Tensor | None, n: int, out_dim: int,
+                          device: torch.device) -> Tensor | None:
+    """Validate per-sample, per-target NLL weights [n, 1 + obs_dim] (finite; any sign)."""
+    if nll_dim_weights is None:
+        return None
+    if not isinstance(nll_dim_weights, Tensor):
+        raise ValueError("nll_dim_weights must be a torch.Tensor or None, "
+                         f"got {type(nll_dim_weights).__name__}")
+    if nll_dim_weights.shape != (n, out_dim):
+        raise ValueError(f"nll_dim_weights must have shape ({n}, {out_dim}), one row per "
+                         "transition and one column per target [reward, Δs], "
+                         f"got {tuple(nll_dim_weights.shape)}")
+    w = nll_dim_weights.detach().to(device=device, dtype=torch.float32)
+    if not torch.isfinite(w).all():
+        raise ValueError("nll_dim_weights must be finite")
+    return w
+
+
 def _weighted_mean(values: Tensor, w: Tensor | None) -> Tensor:
     """Mean over the last dim, Σ w·v / Σ w when weighted (broadcast over leading dims)."""
     if w is None:
@@ -149,6 +170,11 @@ class DynamicsModel(nn.Module, ABC):
     @abstractmethod
     def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-member NLL [M, B] of normalised y [M or 1, B, out] given x [M or 1, B, in]."""
+
+    @abstractmethod
+    def _member_nll_dims(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-member, per-target-dimension NLL [M, B, out] (the dimensions are independent
+        given x, so summing over the last axis gives `_member_nll`)."""
 
     @abstractmethod
     def _nll(self, x: Tensor, y: Tensor) -> Tensor:
@@ -246,6 +272,14 @@ class DynamicsModel(nn.Module, ABC):
         return self._predictive_loss(x, y, dw * self.out_std ** 2)
 
     @torch.no_grad()
+    def weighted_nll(self, data: Transition, nll_dim_weights: Tensor) -> Tensor:
+        """Per-sample Σ_d W_d · nll_d [B] of the normalised targets: what an NLL-weighted fit
+        minimises (averaged over its minibatch), computed as the fit does."""
+        x, y = self.normalised(data)
+        ndw = check_nll_dim_weights(nll_dim_weights, data.size, self.out_dim, x.device)
+        return self._predictive_loss(x, y, None, ndw)
+
+    @torch.no_grad()
     def step(self, obs: Tensor, act: Tensor) -> Transition:
         """Sample (r, s') for a batch of rollout states; done from the task's termination rule.
 
@@ -268,18 +302,27 @@ class DynamicsModel(nn.Module, ABC):
         return self._objective(x[None], y[None], None if w is None else w[None])
 
     def _objective(self, x: Tensor, y: Tensor, w: Tensor | None,
-                   dw: Tensor | None = None) -> Tensor:
-        return _weighted_mean(self._member_loss(x, y, dw), w).sum() + self._regulariser()
+                   dw: Tensor | None = None, ndw: Tensor | None = None) -> Tensor:
+        return _weighted_mean(self._member_loss(x, y, dw, ndw), w).sum() + self._regulariser()
 
-    def _member_loss(self, x: Tensor, y: Tensor, dw: Tensor | None) -> Tensor:
-        """Per-member training loss [M, B]: the NLL, or with normalised-space per-dimension
-        weights ``dw`` (mean-only fit) Σ_d dw_d (mean_d − y_d)² of each member's mean."""
+    def _member_loss(self, x: Tensor, y: Tensor, dw: Tensor | None,
+                     ndw: Tensor | None = None) -> Tensor:
+        """Per-member training loss [M, B]: the NLL; with normalised-space per-dimension
+        weights ``dw`` (mean-only fit) Σ_d dw_d (mean_d − y_d)² of each member's mean; with
+        per-dimension NLL weights ``ndw`` Σ_d ndw_d · nll_d."""
+        if ndw is not None:
+            return (ndw * self._member_nll_dims(x, y)).sum(-1)
         if dw is None:
             return self._member_nll(x, y)
         return (dw * (self._member_mean(x) - y) ** 2).sum(-1)
 
-    def _predictive_loss(self, x: Tensor, y: Tensor, dw: Tensor | None) -> Tensor:
-        """Per-sample loss [B] of the predictive distribution (mean-only: of its mean)."""
+    def _predictive_loss(self, x: Tensor, y: Tensor, dw: Tensor | None,
+                         ndw: Tensor | None = None) -> Tensor:
+        """Per-sample loss [B] of the predictive distribution (mean-only: of its mean; NLL
+        weights: the elites' mean of their member loss)."""
+        if ndw is not None:
+            members = self._member_loss(x[None], y[None], None, ndw[None])
+            return members[self.elite_list()].mean(0)
         if dw is None:
             return self._nll(x, y)
         return (dw * (self._mean(x) - y) ** 2).sum(-1)
@@ -295,13 +338,15 @@ class DynamicsModel(nn.Module, ABC):
 
     @torch.no_grad()
     def _holdout_losses(self, x: Tensor, y: Tensor, w: Tensor | None,
-                        dw: Tensor | None = None) -> Tensor:
-        """Weighted holdout loss (NLL, or the mean-only loss) per member [M]."""
+                        dw: Tensor | None = None, ndw: Tensor | None = None) -> Tensor:
+        """Weighted holdout loss (NLL, mean-only or NLL-weighted loss) per member [M]."""
         return _weighted_mean(self._member_loss(x[None], y[None],
-                                                None if dw is None else dw[None]), w)
+                                                None if dw is None else dw[None],
+                                                None if ndw is None else ndw[None]), w)
 
     def fit(self, data: Transition, weights: Tensor | None = None,
-            dim_weights: Tensor | None = None) -> FitResult:
+            dim_weights: Tensor | None = None,
+            nll_dim_weights: Tensor | None = None) -> FitResult:
         """Fit on all of `data` with per-sample `weights` (None = uniform), MBPO-style.
 
         Holdout: a random min(fraction·n, holdout_max) rows (≥ 1 when n ≥ 2; with n = 1 the
@@ -312,6 +357,10 @@ class DynamicsModel(nn.Module, ABC):
         gradients) replace the NLL by the mean-only loss everywhere (training, holdout, early
         stopping). They are converted to normalised targets (× out_std²) and divided by their
         mean over the training rows, so the fit does not depend on their overall scale.
+
+        ``nll_dim_weights`` [n, 1 + obs_dim] (VaGraM as the TOM paper's code computes it) keep
+        the density and replace the NLL by Σ_d W_d · nll_d of the normalised targets
+        everywhere, W used as given (any sign, no rescaling).
         """
         cfg, n = self.cfg, data.size
         if n == 0:
@@ -321,6 +370,9 @@ class DynamicsModel(nn.Module, ABC):
         device = self.in_mean.device
         w = check_weights(weights, n, device)
         dw = check_dim_weights(dim_weights, n, self.out_dim, device)
+        ndw = check_nll_dim_weights(nll_dim_weights, n, self.out_dim, device)
+        if dw is not None and ndw is not None:
+            raise ValueError("pass dim_weights (mean-only fit) or nll_dim_weights, not both")
         n_hold = min(int(cfg.holdout_fraction * n), cfg.holdout_max)
         if n >= 2:
             n_hold = min(max(n_hold, 1), n - 1)
@@ -347,13 +399,16 @@ class DynamicsModel(nn.Module, ABC):
             if scale <= 0:
                 raise ValueError("dim_weights are zero on every row of the training split")
             dw_tr, dw_ho = dw[train_idx] / scale, dw[hold_idx] / scale
+        ndw_tr = ndw_ho = None
+        if ndw is not None:
+            ndw_tr, ndw_ho = ndw[train_idx], ndw[hold_idx]
         self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
 
-        best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho)
+        best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
         initial = best.mean().item()
         views = self._member_views()
         snapshot = [v.clone() for v in views]
@@ -365,7 +420,8 @@ class DynamicsModel(nn.Module, ABC):
                 idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
                 wb = None if (resample or w_tr is None) else w_tr[idx]
                 loss = self._objective(x_tr[idx], y_tr[idx], wb,
-                                       None if dw_tr is None else dw_tr[idx])
+                                       None if dw_tr is None else dw_tr[idx],
+                                       None if ndw_tr is None else ndw_tr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -374,7 +430,7 @@ class DynamicsModel(nn.Module, ABC):
             epochs += 1
             train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
             finite = finite and math.isfinite(train_loss)
-            losses = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho)
+            losses = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
             # Relative to |best| because an NLL may be negative; nan never counts as better.
             improved = (best - losses) / best.abs().clamp_min(1e-8) > cfg.min_improvement
             best = torch.where(improved, losses, best)
@@ -389,7 +445,7 @@ class DynamicsModel(nn.Module, ABC):
         if not finite:  # a diverged step leaves nan moments in Adam: start it afresh next fit
             self._optimizer = None
         self._after_fit(best)
-        final = _weighted_mean(self._predictive_loss(x_ho, y_ho, dw_ho), w_ho).item()
+        final = _weighted_mean(self._predictive_loss(x_ho, y_ho, dw_ho, ndw_ho), w_ho).item()
         return FitResult(
             holdout_loss=final, epochs=epochs, steps=epochs * cfg.steps_per_epoch,
             train_loss=train_loss, initial_holdout_loss=initial,
@@ -439,13 +495,20 @@ class MixtureDensityModel(DynamicsModel):
         var = F.softplus(raw_var) + F.softplus(self.raw_noise)[:, None] + _MIN_VAR
         return logits.log_softmax(-1), mean, var
 
-    def _log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+    def _log_prob_dims(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-dimension mixture log-density [..., out_dim]."""
         log_w, mean, var = self.mixture(x)
         comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
-        return torch.logsumexp(log_w + comp, -1).sum(-1)
+        return torch.logsumexp(log_w + comp, -1)
+
+    def _log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._log_prob_dims(x, y).sum(-1)
 
     def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
         return -self._log_prob(x, y)
+
+    def _member_nll_dims(self, x: Tensor, y: Tensor) -> Tensor:
+        return -self._log_prob_dims(x, y)
 
     def _nll(self, x: Tensor, y: Tensor) -> Tensor:
         return -self._log_prob(x, y)
@@ -520,9 +583,12 @@ class ProbabilisticEnsemble(DynamicsModel):
         logvar = min_lv + F.softplus(logvar - min_lv)
         return mean, logvar
 
-    def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
+    def _member_nll_dims(self, x: Tensor, y: Tensor) -> Tensor:
         mean, logvar = self.gaussian(x)
-        return -_gaussian_log_prob(y, mean, logvar.exp(), logvar).sum(-1)
+        return -_gaussian_log_prob(y, mean, logvar.exp(), logvar)
+
+    def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._member_nll_dims(x, y).sum(-1)
 
     def _member_mean(self, x: Tensor) -> Tensor:
         return self.gaussian(x)[0]

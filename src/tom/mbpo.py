@@ -155,7 +155,8 @@ class Trainer:
         weights = self.objective.fit_weights()
         t1 = time.perf_counter()
         fit = self.model.fit(self.real.all(), weights,
-                             dim_weights=self.objective.fit_dim_weights())
+                             dim_weights=self.objective.fit_dim_weights(),
+                             nll_dim_weights=self.objective.fit_nll_dim_weights())
         self.model_fitted = True
         t2 = time.perf_counter()
         start_weights = self.objective.start_weights()
@@ -191,12 +192,20 @@ class Trainer:
     def _sac_block(self) -> int:
         t0 = time.perf_counter()
         sch, sac = self.cfg.schedule, self.cfg.sac
-        n_real = int(round(sac.batch_size * self.cfg.rollout.real_ratio))
+        # Truncated, as MBPO's and the paper's code: 256 · 0.05 = 12.8 gives 12 real rows.
+        n_real = int(sac.batch_size * self.cfg.rollout.real_ratio)
         if len(self.imagined) == 0:
             n_real = sac.batch_size
+        # The objective may mix model data into only some minibatches (the rest are their
+        # real part alone); MBPO mixes every one, and then no coin is drawn.
+        learner_epoch = max(0, self.env_steps - 1 - sch.init_steps) // sch.epoch_length
+        p_model = self.objective.model_batch_probability(learner_epoch)
         for _ in range(sch.update_block):
-            batch = self.real.sample(n_real) if n_real == sac.batch_size else Transition.cat(
-                [self.real.sample(n_real), self.imagined.sample(sac.batch_size - n_real)])
+            mixed = n_real < sac.batch_size and (p_model >= 1.0
+                                                 or torch.rand(()).item() < p_model)
+            batch = Transition.cat([self.real.sample(n_real),
+                                    self.imagined.sample(sac.batch_size - n_real)]
+                                   ) if mixed else self.real.sample(n_real)
             self.sac_stats = self.agent.update(batch)
         self.times["sac"] += time.perf_counter() - t0
         return sch.update_block

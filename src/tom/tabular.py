@@ -6,6 +6,8 @@ Arrays are NumPy float64: T[s, a, s'], π[s, a], μ0[s], r[s, a].
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,14 +40,18 @@ def random_simplex(rng: np.random.Generator, shape: tuple[int, ...], concentrati
 
 def random_mdp(rng: np.random.Generator, n_states: int = 6, n_actions: int = 3,
                gamma: float = 0.9, positive_reward: bool = True,
-               terminal_fraction: float = 0.0) -> TabularMDP:
+               terminal_fraction: float = 0.0, deterministic: bool = False) -> TabularMDP:
     """A random MDP with full-support dynamics and (optionally) rewards in (0, 1].
 
     With ``terminal_fraction > 0`` that fraction of the pairs (s, a) always ends the episode
     (their rows of T are zero), like leaving a MuJoCo task's healthy range: termination is
     a deterministic function of the transition, as in the tasks the library trains on.
+    ``deterministic`` sends each (s, a) to one uniformly random next state (the argmax of its
+    Dirichlet row, so the other draws are the same), making s' noise-free.
     """
     T = random_simplex(rng, (n_states, n_actions, n_states))
+    if deterministic:
+        T = np.eye(n_states)[T.argmax(-1)]
     if terminal_fraction > 0:
         T = T * (rng.uniform(size=(n_states, n_actions)) >= terminal_fraction)[:, :, None]
     mu0 = random_simplex(rng, (n_states,))
@@ -94,8 +100,23 @@ def lower_bound(mdp: TabularMDP, pi: np.ndarray, T_model: np.ndarray) -> float:
     return float((d_model * np.log(mdp.r)).sum()) - mismatch
 
 
+def action_multisets(n_actions: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every multiset of k draws from n_actions actions, as counts [M, A], and its multinomial
+    coefficient k!/Π c_a! [M]: the outcomes of k i.i.d. draws a'_i ~ π up to order, enough for
+    the mean of Q(s', a'_i), so expectations over the draws are exact sums over M terms."""
+    if k < 1:
+        raise ValueError(f"next_action_samples must be >= 1, got {k}")
+    counts = np.array([np.bincount(c, minlength=n_actions)
+                       for c in itertools.combinations_with_replacement(range(n_actions), k)],
+                      dtype=np.float64)
+    coef = np.array([math.factorial(k) / math.prod(math.factorial(int(c)) for c in row)
+                     for row in counts])
+    return counts, coef
+
+
 def solve_dual(mdp: TabularMDP, pi: np.ndarray, d_replay: np.ndarray, rho: np.ndarray,
-               divergence: str = "chi2", max_iter: int = 500) -> np.ndarray:
+               divergence: str = "chi2", max_iter: int = 500,
+               next_action_samples: int | None = None) -> np.ndarray:
     """Solve the §4 dual with one-hot features to convergence and return w*(s,a).
 
     Uses the library's own `dual_residual`, `dual_loss` and `occupancy_weights` (the code
@@ -106,6 +127,14 @@ def solve_dual(mdp: TabularMDP, pi: np.ndarray, d_replay: np.ndarray, rho: np.nd
     Termination must be deterministic in (s, a). With a per-sample residual the dual
     constrains only the flow into the next state, so a random done flag would let the
     optimum shift weight between an (s, a)'s terminating and continuing samples.
+
+    ``next_action_samples = k`` instead solves what training optimises in expectation: the
+    residual of one transition (s, a, s') with V(s') the mean of Q(s', a'_i) over k draws
+    a'_i ~ π(s'), f* taken per outcome and averaged exactly over s' ~ T and all multisets of
+    the k draws (`action_multisets`). The noise inside f* biases the minimiser, which is what
+    this measures; the weights returned are E_{s', a'_1..k}[f*'(e)] per (s, a). With
+    stochastic T the sampled s' inside f* biases it too, even as k → ∞ (the ``None``
+    path takes E_{s'} inside); with deterministic T only the action draws do.
     """
     S, A = pi.shape
     stay = mdp.T.sum(-1)
@@ -122,20 +151,39 @@ def solve_dual(mdp: TabularMDP, pi: np.ndarray, d_replay: np.ndarray, rho: np.nd
                             tolerance_change=1e-15, history_size=50,
                             line_search_fn="strong_wolfe")
 
-    def residual() -> torch.Tensor:
-        v = (pi_t * q.reshape(S, A)).sum(-1)  # V(s') = Σ_a' π(a'|s') Q(s',a')
-        # E_{s'~T(·|s,a)} V(s'), exact. A buffer still stores the observation an episode
-        # ended in; here it is uniform, and only done = 1 keeps its value out.
-        next_v = torch.where(done > 0, v.mean(), (T @ v).reshape(-1))
-        return dual_residual(rho_t, q, next_v, done, mdp.gamma)
+    if next_action_samples is None:
+        p_sample = p_replay
+
+        def residual() -> torch.Tensor:
+            v = (pi_t * q.reshape(S, A)).sum(-1)  # V(s') = Σ_a' π(a'|s') Q(s',a')
+            # E_{s'~T(·|s,a)} V(s'), exact. A buffer still stores the observation an episode
+            # ended in; here it is uniform, and only done = 1 keeps its value out.
+            next_v = torch.where(done > 0, v.mean(), (T @ v).reshape(-1))
+            return dual_residual(rho_t, q, next_v, done, mdp.gamma)
+    else:
+        counts, coef = action_multisets(A, next_action_samples)
+        # Pr(multiset m | s') = coef_m Π_a π(a|s')^c_ma, then the outcome (s', m) of row (s, a);
+        # a terminal row's s' is uniform (only done = 1 keeps its value out, as above).
+        p_multi = t(coef[None, :] * np.prod(pi[:, None, :] ** counts[None], axis=-1))  # [S, M]
+        T_rows = torch.where(done[:, None] > 0, 1.0 / S, T.reshape(S * A, S))
+        outcome_p = (T_rows[:, :, None] * p_multi[None]).reshape(S * A, -1)  # [SA, S·M]
+        mean_of = t(counts / next_action_samples)  # [M, A]
+        p_sample = p_replay[:, None] * outcome_p
+
+        def residual() -> torch.Tensor:
+            next_v = (q.reshape(S, A) @ mean_of.T).reshape(1, -1)  # sampled V(s'), [1, S·M]
+            return dual_residual(rho_t[:, None], q[:, None], next_v, done[:, None], mdp.gamma)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = dual_loss(q, residual(), mdp.gamma, divergence, p0=p0, p_replay=p_replay)
+        loss = dual_loss(q, residual(), mdp.gamma, divergence, p0=p0, p_replay=p_sample)
         loss.backward()
         return loss
 
     for _ in range(20):
         opt.step(closure)
     with torch.no_grad():
-        return occupancy_weights(residual(), divergence).reshape(S, A).numpy()
+        if next_action_samples is None:
+            return occupancy_weights(residual(), divergence).reshape(S, A).numpy()
+        w = (outcome_p * occupancy_weights(residual(), divergence)).sum(-1)  # E_{s',a'}[f*'(e)]
+        return w.reshape(S, A).numpy()

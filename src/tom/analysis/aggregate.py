@@ -6,7 +6,9 @@ output folder, each atomically:
 
     returns.csv      env, objective, seed, env_steps, return_mean, return_std, episode_length
     model_error.csv  env, objective, seed, env_steps, model_error_recent, model_nll_recent,
-                     model_holdout_loss, weight_mean, weight_max, weight_ess
+                     model_holdout_loss, weight_mean, weight_max, weight_ess (the fit's
+                     weights), start_weight_{mean,max,ess} (rollout starts), disc_acc,
+                     disc_logit_{recent,old}_{mean,std} (TOM's discriminator)
     weights.csv      env, objective, seed, env_steps, age_bin, age_lo, age_hi, mean_weight,
                      count
     compute.csv      env, objective, seed, preset, device, env_steps_total, wall_time_s,
@@ -35,7 +37,10 @@ PHASES = ["time_env", "time_objective", "time_model", "time_rollout", "time_sac"
 COLUMNS: dict[str, list[str]] = {
     "returns": [*IDS, "env_steps", "return_mean", "return_std", "episode_length"],
     "model_error": [*IDS, "env_steps", "model_error_recent", "model_nll_recent",
-                    "model_holdout_loss", "weight_mean", "weight_max", "weight_ess"],
+                    "model_holdout_loss", "weight_mean", "weight_max", "weight_ess",
+                    "start_weight_mean", "start_weight_max", "start_weight_ess", "disc_acc",
+                    "disc_logit_recent_mean", "disc_logit_recent_std", "disc_logit_old_mean",
+                    "disc_logit_old_std"],
     "weights": [*IDS, "env_steps", "age_bin", "age_lo", "age_hi", "mean_weight", "count"],
     "compute": [*IDS, "preset", "device", "env_steps_total", "wall_time_s", "steps_per_s",
                 *PHASES],

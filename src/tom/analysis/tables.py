@@ -27,7 +27,9 @@ COMPONENTS = {"sac": "SAC", "model": "Dynamics model", "rollout": "Model rollout
 
 # The few non-ASCII symbols of our prose, so the report builds with plain pdflatex.
 _LATEX_SYMBOLS = {"χ": r"$\chi$", "²": r"\textsuperscript{2}", "½": r"$\tfrac12$", "−": "$-$",
-                  "≥": r"$\ge$", "≤": r"$\le$", "×": r"$\times$", "∝": r"$\propto$"}
+                  "≥": r"$\ge$", "≤": r"$\le$", "×": r"$\times$", "∝": r"$\propto$",
+                  "Δ": r"$\Delta$", "ρ": r"$\rho$", "σ": r"$\sigma$", "≈": r"$\approx$",
+                  "⌊": r"$\lfloor$", "⌋": r"$\rfloor$"}
 
 
 def latex_escape(text: object) -> str:

@@ -36,8 +36,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
                             {**_TOM, "tom.divergence": "kl"}),
     "pmac": ObjectiveSpec(PMACObjective, "PMAC/PDML: weights decay^k, k = policy versions "
                           "since collection"),
-    "vagram": ObjectiveSpec(VaGraMObjective, "VaGraM: value-gradient weighted squared error of "
-                            "the model mean"),
+    "vagram": ObjectiveSpec(VaGraMObjective, "VaGraM as the paper's code: MDN likelihood "
+                            "weighted per dimension by the critics' value gradient"),
 }
 
 

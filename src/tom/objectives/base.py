@@ -4,7 +4,9 @@ An objective decides *which* real transitions the dynamics model should be right
 the replay buffer and the agent once per refit (`update`), and answers two questions:
 per-sample weights for the model fit (`fit_weights`) and the distribution of rollout start
 states (`start_weights`). ``None`` means uniform, which is plain MBPO. An objective that needs
-a different loss rather than different weights (VaGraM) also returns `fit_dim_weights`.
+a different loss rather than different weights (VaGraM) also returns `fit_dim_weights` or
+`fit_nll_dim_weights`, and one may change how SAC minibatches mix real and model data
+(`model_batch_probability`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ class Objective:
         ``buffer.all()``; not None switches the model fit to the weighted squared error of its
         mean instead of the NLL (VaGraM needs a different loss, not just different weights)."""
         return None
+
+    def fit_nll_dim_weights(self) -> Tensor | None:
+        """Per-transition, per-target weights [N, 1 + obs_dim] of the NLL of each normalised
+        target dimension, any sign, aligned with ``buffer.all()``; not None switches the fit to
+        Σ_d W_d · nll_d (VaGraM as the TOM paper's code computes it)."""
+        return None
+
+    def model_batch_probability(self, learner_epoch: int) -> float:
+        """Probability that a SAC minibatch of this epoch mixes model data in (real_ratio
+        real, the rest model); otherwise it holds only its real part. ``learner_epoch``
+        counts epochs of the learning policy from 0 (the random phase excluded). 1: MBPO,
+        always mixed; VaGraM as the paper's code ramps it up."""
+        del learner_epoch
+        return 1.0
 
     def stats(self) -> dict[str, float]:
         """Objective-specific scalars for metrics.csv (e.g. discriminator accuracy)."""
