@@ -21,6 +21,7 @@ rule fig2_weights:
     input:
         notebook="notebooks/fig2_weights.py",
         weights=SUMMARY["weights"],
+        model_error=SUMMARY["model_error"],
         code=ANALYSIS_CODE,
     output:
         fig="figures/fig2.pdf",
