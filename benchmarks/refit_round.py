@@ -7,14 +7,17 @@ Two steps:
     python benchmarks/refit_round.py collect --env hopper --steps 10000 --out /tmp/hopper10k.pt
     # 2. one refit round of TOM at the paper preset on it, for several seeds
     python benchmarks/refit_round.py round --state /tmp/hopper10k.pt --seeds 0 1 2
-        [--objective tom] [--set tom.next_action_samples=8 ...]
+        [--rounds 5] [--objective tom] [--set tom.next_action_samples=8 ...]
 
 Step 2 prints, per seed: the discriminator's balanced accuracy on D^π (the newest
 ``tom.recent_window`` transitions) vs the rest of R, its logit mean ± std on each, and for the
 fit weights (clipped) and the rollout start weights (unclipped) the normalised ESS
-(Σw)²/(n Σw²) and the newest-tenth/buffer ratio (the mean weight of the newest 10 % of R
-over the mean weight of R). It uses only interfaces older versions share (``Trainer``,
-``TOMObjective.update`` and its ``_shaping_reward``), so the same ``round`` step can run
+(Σw)²/(n Σw²), the newest-tenth/buffer ratio (the mean weight of the newest 10 % of R over
+the mean weight of R) and the largest weight (TOM: the clip at ``tom.w_max`` binds above
+it). ``--rounds K`` runs K rounds on the same buffer and reports the last: the dual Q is
+warm-started across rounds as in training (1 000 steps from a fresh Q do not converge), the
+discriminator is fresh each round. It uses only interfaces older versions share
+(``TOMObjective.update`` and its ``_shaping_reward``), so the same ``round`` step can run
 against an older checkout: ``PYTHONPATH=<checkout>/src python benchmarks/refit_round.py
 round ...`` (the state file holds plain tensors).
 """
@@ -65,13 +68,14 @@ def _load(path: str) -> tuple[dict, ReplayBuffer]:
     return state, buf
 
 
-def _weight_summary(w: torch.Tensor | None, ages: torch.Tensor) -> tuple[float, float]:
+def _weight_summary(w: torch.Tensor | None, ages: torch.Tensor) -> tuple[float, float, float]:
+    """Normalised ESS, newest-tenth/buffer mean ratio, and the largest weight."""
     if w is None:
-        return 1.0, 1.0
+        return 1.0, 1.0, 1.0
     w = w.double()
     ess = (w.sum() ** 2 / (w.numel() * (w * w).sum())).item()
     newest = ages < w.numel() // 10
-    return ess, (w[newest].mean() / w.mean()).item()
+    return ess, (w[newest].mean() / w.mean()).item(), w.max().item()
 
 
 def refit_round(args: argparse.Namespace) -> None:
@@ -83,7 +87,8 @@ def refit_round(args: argparse.Namespace) -> None:
     recent = buf.recent_mask(cfg.tom.recent_window)
     ages = buf.ages()
     print(f"{state['env']}, {len(buf)} transitions after {state['steps']} real steps; "
-          f"objective {args.objective}, paper preset {args.set or ''}")
+          f"objective {args.objective}, paper preset {args.set or ''}, round {args.rounds} of "
+          f"{args.rounds} (warm-started dual)")
     rows = []
     for seed in args.seeds:
         torch.manual_seed(seed)
@@ -98,26 +103,29 @@ def refit_round(args: argparse.Namespace) -> None:
 
         obj._shaping_reward = capture
         start = time.perf_counter()
-        obj.update(RefitContext(buf, agent, state["steps"], 10**9))
-        seconds = time.perf_counter() - start
+        for _ in range(args.rounds):
+            obj.update(RefitContext(buf, agent, state["steps"], 10**9))
+        seconds = (time.perf_counter() - start) / args.rounds
         with torch.no_grad():
             data = buf.all()
             rho = captured["rho"](data, recent).double()
         stats = obj.stats()
-        fit_ess, fit_ratio = _weight_summary(obj.fit_weights(), ages)
-        start_ess, start_ratio = _weight_summary(obj.start_weights(), ages)
+        fit_ess, fit_ratio, fit_max = _weight_summary(obj.fit_weights(), ages)
+        start_ess, start_ratio, start_max = _weight_summary(obj.start_weights(), ages)
         row = {"disc_acc": stats.get("disc_acc", float("nan")),
                "rho_recent_mean": rho[recent].mean().item(),
                "rho_recent_std": rho[recent].std().item(),
                "rho_old_mean": rho[~recent].mean().item(), "rho_old_std": rho[~recent].std().item(),
-               "fit_ess": fit_ess, "fit_newest_tenth": fit_ratio,
-               "start_ess": start_ess, "start_newest_tenth": start_ratio, "seconds": seconds}
+               "fit_ess": fit_ess, "fit_newest_tenth": fit_ratio, "fit_max": fit_max,
+               "start_ess": start_ess, "start_newest_tenth": start_ratio,
+               "start_max": start_max, "seconds": seconds}
         rows.append(row)
         print(f"seed {seed}: disc acc {row['disc_acc']:.3f}  rho on D^pi "
               f"{row['rho_recent_mean']:+.2f} ± {row['rho_recent_std']:.2f}, on the rest "
               f"{row['rho_old_mean']:+.2f} ± {row['rho_old_std']:.2f}  |  fit w: ESS "
-              f"{fit_ess:.3f}, newest tenth {fit_ratio:.2f}x  |  start w: ESS {start_ess:.3f}, "
-              f"newest tenth {start_ratio:.2f}x  ({seconds:.0f} s)", flush=True)
+              f"{fit_ess:.3f}, newest tenth {fit_ratio:.2f}x, max {fit_max:.2f}  |  start w: "
+              f"ESS {start_ess:.3f}, newest tenth {start_ratio:.2f}x, max {start_max:.2f}, mean "
+              f"{obj.start_weights().mean().item():.3f}  ({seconds:.0f} s)", flush=True)
     print("median: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):.3f}"
                                  for k in rows[0]))
 
@@ -134,6 +142,7 @@ def main() -> None:
     r.add_argument("--state", required=True)
     r.add_argument("--objective", default="tom")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--rounds", type=int, default=1, help="warm-started rounds, last reported")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
