@@ -407,8 +407,14 @@ def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypa
     assert set(sizes) == {n_real, cfg.sac.batch_size}
     share = sizes.count(cfg.sac.batch_size) / len(sizes)
     assert share == pytest.approx(0.3, abs=0.05)  # 1000 draws: 4 standard errors
-    learner_epoch = (trainer.env_steps - 1 - cfg.schedule.init_steps) // cfg.schedule.epoch_length
-    assert asked == [learner_epoch] * 100
+    # 300 real steps after 200 random ones, 200 per epoch: the 100th learner step, epoch 0.
+    assert (trainer.env_steps, cfg.schedule.init_steps, cfg.schedule.epoch_length) == (300, 200,
+                                                                                        200)
+    assert asked == [0] * 100
+    for _ in range(101):  # the 201st learner step starts learner epoch 1
+        obs = trainer._real_step(obs)
+    trainer._sac_block()
+    assert asked[-1] == 1
 
 
 def test_smoke_run_paper_code(tmp_path):
