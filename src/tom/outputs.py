@@ -11,34 +11,20 @@ the run has finished, so a crashed run never leaves a file that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from tom.atomic import atomic_write
 from tom.config import RunConfig
 from tom.mbpo import TrainResult
 
 RUN_FILES = ("metrics.csv", "weights.csv", "config.json", "policy.pt")
 PARTIAL_METRICS = "metrics.partial.csv"
-
-
-def atomic_write(path: Path, write: Any, binary: bool = False) -> None:
-    """Write via a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from tom.atomic import atomic_write
 
 IDS = ["env", "objective", "seed"]
 PHASES = ["time_env", "time_objective", "time_model", "time_rollout", "time_sac", "time_eval"]
@@ -222,24 +222,14 @@ def summarise_runs(paths: Iterable[str | Path]) -> tuple[dict[str, pd.DataFrame]
     return frames, provenance
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(out: str | Path, frames: dict[str, pd.DataFrame], provenance: dict) -> None:
     """Write the summary files; provenance.json last."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in frames.items():
-        _atomic_write(out / f"{name}.csv", df.to_csv(index=False))
-    _atomic_write(out / "provenance.json", json.dumps(provenance, indent=2) + "\n")
+        atomic_write(out / f"{name}.csv", lambda fh, df=df: df.to_csv(fh, index=False))
+    atomic_write(out / "provenance.json",
+                 lambda fh: fh.write(json.dumps(provenance, indent=2) + "\n"))
 
 
 def aggregate(paths: Iterable[str | Path], out: str | Path) -> dict:
