@@ -33,7 +33,7 @@ import torch
 from tom.buffer import ReplayBuffer
 from tom.config import resolve
 from tom.mbpo import Trainer
-from tom.objectives import RefitContext, make_objective
+from tom.objectives import RefitContext, make_objective, weight_statistics
 from tom.sac import SAC
 
 
@@ -70,12 +70,12 @@ def _load(path: str) -> tuple[dict, ReplayBuffer]:
 
 def _weight_summary(w: torch.Tensor | None, ages: torch.Tensor) -> tuple[float, float, float]:
     """Normalised ESS, newest-tenth/buffer mean ratio, and the largest weight."""
+    stats = weight_statistics(w, ages.numel())
     if w is None:
-        return 1.0, 1.0, 1.0
+        return stats["weight_ess"], 1.0, stats["weight_max"]
     w = w.double()
-    ess = (w.sum() ** 2 / (w.numel() * (w * w).sum())).item()
     newest = ages < w.numel() // 10
-    return ess, (w[newest].mean() / w.mean()).item(), w.max().item()
+    return stats["weight_ess"], (w[newest].mean() / w.mean()).item(), stats["weight_max"]
 
 
 def refit_round(args: argparse.Namespace) -> None:

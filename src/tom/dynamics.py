@@ -88,43 +88,37 @@ def check_weights(weights: Tensor | None, n: int, device: torch.device) -> Tenso
     return w
 
 
+def _check_per_dim(name: str, values: Tensor | None, n: int, out_dim: int,
+                   device: torch.device, signed: bool) -> Tensor | None:
+    """Validate per-sample, per-target weights [n, out_dim]: a tensor of that shape, finite;
+    unless ``signed``, also non-negative and not all zero."""
+    if values is None:
+        return None
+    if not isinstance(values, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(values).__name__}")
+    if values.shape != (n, out_dim):
+        raise ValueError(f"{name} must have shape ({n}, {out_dim}), one row per transition "
+                         f"and one column per target [reward, Δs], got {tuple(values.shape)}")
+    w = values.detach().to(device=device, dtype=torch.float32)
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{name} must be finite")
+    if not signed and (w < 0).any():
+        raise ValueError(f"{name} must be non-negative")
+    if not signed and not w.sum() > 0:
+        raise ValueError(f"{name} are all zero (or their sum overflows float32)")
+    return w
+
+
 def check_dim_weights(dim_weights: Tensor | None, n: int, out_dim: int,
                       device: torch.device) -> Tensor | None:
     """Validate per-sample, per-target-dimension weights [n, 1 + obs_dim] of a mean-only fit."""
-    if dim_weights is None:
-        return None
-    if not isinstance(dim_weights, Tensor):
-        raise ValueError("dim_weights must be a torch.Tensor or None, "
-                         f"got {type(dim_weights).__name__}")
-    if dim_weights.shape != (n, out_dim):
-        raise ValueError(f"dim_weights must have shape ({n}, {out_dim}), one row per transition "
-                         f"and one column per target [reward, Δs], got {tuple(dim_weights.shape)}")
-    dw = dim_weights.detach().to(device=device, dtype=torch.float32)
-    if not torch.isfinite(dw).all():
-        raise ValueError("dim_weights must be finite")
-    if (dw < 0).any():
-        raise ValueError("dim_weights must be non-negative")
-    if not dw.sum() > 0:
-        raise ValueError("dim_weights are all zero (or their sum overflows float32)")
-    return dw
+    return _check_per_dim("dim_weights", dim_weights, n, out_dim, device, signed=False)
 
 
 def check_nll_dim_weights(nll_dim_weights: Tensor | None, n: int, out_dim: int,
                           device: torch.device) -> Tensor | None:
     """Validate per-sample, per-target NLL weights [n, 1 + obs_dim] (finite; any sign)."""
-    if nll_dim_weights is None:
-        return None
-    if not isinstance(nll_dim_weights, Tensor):
-        raise ValueError("nll_dim_weights must be a torch.Tensor or None, "
-                         f"got {type(nll_dim_weights).__name__}")
-    if nll_dim_weights.shape != (n, out_dim):
-        raise ValueError(f"nll_dim_weights must have shape ({n}, {out_dim}), one row per "
-                         "transition and one column per target [reward, Δs], "
-                         f"got {tuple(nll_dim_weights.shape)}")
-    w = nll_dim_weights.detach().to(device=device, dtype=torch.float32)
-    if not torch.isfinite(w).all():
-        raise ValueError("nll_dim_weights must be finite")
-    return w
+    return _check_per_dim("nll_dim_weights", nll_dim_weights, n, out_dim, device, signed=True)
 
 
 def _weighted_mean(values: Tensor, w: Tensor | None) -> Tensor:

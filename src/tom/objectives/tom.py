@@ -221,10 +221,6 @@ def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
     One sample (the paper's code) is unbiased for V but not inside the convex conjugate of the
     dual, where the noise biases the minimiser; more samples shrink that bias.
     """
-    if samples == 1:
-        with torch.no_grad():
-            act, _ = agent.sample(next_obs)
-        return q(next_obs, act)
     rows = next_obs.repeat(samples, 1)
     with torch.no_grad():
         act, _ = agent.sample(rows)
