@@ -1,182 +1,254 @@
 """Typed, validated hyperparameters: one dataclass per component, composed into a run config.
 
-Every field carries a one-line help text and, where it matters, the values it allows. The same
-objects are validated before any compute, serialised into each run's ``config.json``, and
-(later) printed as the hyperparameter table, so the table cannot disagree with the code.
+Every field carries a one-line help text (``dataclasses.fields(cls)[i].metadata["help"]``) and,
+in its type, the values it allows. The same objects are validated before any compute,
+serialised into each run's ``config.json``, and (later) printed as the hyperparameter table,
+so the table cannot disagree with the code.
 
 Presets (``smoke``, ``quick``, ``paper``) are functions of the task: ``paper`` is
 ALGORITHM.md §7 exactly; the others shrink budgets only. ``--set key=value`` overrides are
 applied last, with dotted keys such as ``model.kind=ensemble`` or ``schedule.epochs=10``.
+
+The classes are pydantic (v2) dataclasses in strict mode, validated when built and on every
+assignment, so a config object never holds a bad value. A value given as a Python object (an
+overrides dict, ``from_dict``, a constructor, an attribute) must already have the field's type:
+
+- an integer field takes an ``int`` only: not a ``bool``, and not a ``float`` even if it is
+  integral (3.0, 1e5): JSON, YAML and Python keep whole numbers as ints, so a float there is a
+  computed or mistyped value, and nothing is rounded or truncated silently;
+- a real-valued field takes an ``int`` or a ``float`` (stored as a float; numpy's float64 is
+  one), not a ``bool`` nor another kind of number (Decimal, Fraction, numpy's float32 or
+  bool_), and only finite values (no nan, no inf);
+- a boolean field takes ``True`` or ``False`` only (not 1 or 0);
+- a choice field takes one of its strings; a ``X | None`` field also takes ``None``.
+
+Text (each ``--set key=value``, and any ``str`` given to `set_value` or `resolve` for a field
+that is not a string) is parsed first, as before: an integer field takes any number literal
+whose value is whole (``10``, ``1e3``, ``3.0``), a real field any float literal, a boolean
+field true/false/yes/no/1/0 (any case), and ``none``, ``null`` or nothing means None where None
+is allowed. Text that does not parse is passed on unchanged, and the type check rejects it.
+
+Every bad value, unknown key or broken cross-key rule raises `ConfigError`, one line naming the
+key, the value and what is allowed, e.g. ``config key 'schedule.epochs' = 2.5 is not allowed:
+it must be an integer``; the command line turns it into exit status 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+import typing
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
-PRESETS = ("smoke", "quick", "paper")
+import pydantic.dataclasses
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ArgsKwargs, PydanticCustomError
+
+_Preset = Literal["smoke", "quick", "paper"]
+PRESETS: tuple[str, ...] = typing.get_args(_Preset)
+
+
+def _int_or_float(value: Any) -> Any:
+    """Strict pydantic takes anything with ``__float__`` for a float: numpy's bool_, Decimal."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("float_type", "Input should be a valid number")
+    return value
+
+
+# The types of the fields; pydantic's messages name the bound (">= 1", "> 0.0", ...).
+_Real = Annotated[float, BeforeValidator(_int_or_float)]
+_AtLeast0 = Annotated[int, Field(ge=0)]
+_AtLeast1 = Annotated[int, Field(ge=1)]
+_NonNegative = Annotated[_Real, Field(ge=0.0)]
+_Positive = Annotated[_Real, Field(gt=0.0)]
+_Fraction = Annotated[_Real, Field(gt=0.0, le=1.0)]  # (0, 1]
+_Probability = Annotated[_Real, Field(ge=0.0, le=1.0)]  # [0, 1]
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message names the key, value and rule."""
 
 
-def _f(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
-       high: float | None = None, low_open: bool = False) -> Any:
-    """A dataclass field with help text and the constraint `validate` checks."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
-    return field(default=default, metadata=meta)
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with its help text (``field.metadata["help"]``)."""
+    return field(default=default, metadata={"help": help})
 
 
-@dataclass
+def _component(cls: type) -> type:
+    """A strict pydantic dataclass whose constructor and assignments raise `ConfigError`."""
+    cls = pydantic.dataclasses.dataclass(config=_STRICT)(cls)
+    init, setattr_ = cls.__init__, cls.__setattr__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as err:
+            raise _config_error(err, cls, _PREFIX.get(cls, "")) from None
+
+    @functools.wraps(setattr_)
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        try:
+            setattr_(self, name, value)
+        except ValidationError as err:
+            raise _config_error(err, cls, _PREFIX.get(cls, "")) from None
+
+    cls.__init__, cls.__setattr__ = __init__, __setattr__
+    return cls
+
+
+@_component
 class SACConfig:
     """Soft actor-critic (Haarnoja et al. 2018), MBPO's settings."""
 
-    gamma: float = _f(0.99, "discount factor", low=0.0, high=1.0, low_open=True)
-    tau: float = _f(0.005, "target network Polyak rate", low=0.0, high=1.0, low_open=True)
-    lr: float = _f(3e-4, "Adam learning rate of actor, critics and temperature", low=0.0,
-                   low_open=True)
-    hidden_size: int = _f(256, "width of each hidden layer", low=1)
-    hidden_layers: int = _f(2, "number of hidden layers", low=1)
-    batch_size: int = _f(256, "minibatch size of one SAC update", low=1)
-    init_alpha: float = _f(1.0, "initial entropy temperature", low=0.0, low_open=True)
+    gamma: _Fraction = _f(0.99, "discount factor")
+    tau: _Fraction = _f(0.005, "target network Polyak rate")
+    lr: _Positive = _f(3e-4, "Adam learning rate of actor, critics and temperature")
+    hidden_size: _AtLeast1 = _f(256, "width of each hidden layer")
+    hidden_layers: _AtLeast1 = _f(2, "number of hidden layers")
+    batch_size: _AtLeast1 = _f(256, "minibatch size of one SAC update")
+    init_alpha: _Positive = _f(1.0, "initial entropy temperature")
     auto_entropy: bool = _f(True, "tune the temperature towards the target entropy")
-    target_entropy: float | None = _f(None, "target entropy; None means -|A|")
-    init: str = _f("xavier", "initialisation of actor and critics: 'xavier' (the paper's code: "
-                   "Glorot-uniform weights, zero biases) or 'torch' (PyTorch's default, "
-                   "U(+-1/sqrt(fan_in)) weights and biases)", choices=("xavier", "torch"))
+    target_entropy: _Real | None = _f(None, "target entropy; None means -|A|")
+    init: Literal["xavier", "torch"] = _f(
+        "xavier", "initialisation of actor and critics: 'xavier' (the paper's code: "
+        "Glorot-uniform weights, zero biases) or 'torch' (PyTorch's default, "
+        "U(+-1/sqrt(fan_in)) weights and biases)")
 
 
-@dataclass
+@_component
 class ModelConfig:
     """The learned dynamics model p(r, s' | s, a), fit every refit on the whole replay buffer."""
 
-    kind: str = _f("mdn", "'mdn': the paper code's mixture-density network; "
-                   "'ensemble': MBPO's probabilistic ensemble", choices=("mdn", "ensemble"))
-    hidden_layers: int = _f(4, "number of hidden SiLU layers", low=1)
-    hidden_size: int = _f(200, "width of each hidden layer (Humanoid: 400)", low=1)
-    mdn_components: int = _f(10, "Gaussian components per output dimension (mdn)", low=1)
-    ensemble_size: int = _f(7, "members of the ensemble (ensemble)", low=1)
-    elites: int = _f(5, "members used for rollouts, best by holdout loss (ensemble)", low=1)
-    lr: float = _f(1e-3, "Adam learning rate", low=0.0, low_open=True)
-    batch_size: int = _f(256, "minibatch size", low=1)
-    max_epochs: int = _f(30, "most 'epochs' of one fit", low=1)
-    steps_per_epoch: int = _f(100, "minibatches per 'epoch' (so a fit's cost is bounded)", low=1)
-    patience: int = _f(5, "stop after this many epochs without holdout improvement", low=1)
-    min_improvement: float = _f(0.01, "relative holdout improvement that counts", low=0.0)
-    holdout_fraction: float = _f(0.2, "fraction of the buffer held out (TOM presets: 0.1)",
-                                 low=0.0, high=1.0, low_open=True)
-    holdout_max: int = _f(5000, "cap on the holdout size", low=1)
-    mdn_noise: str = _f("shared", "the MDN's learned variance floor softplus(noise): 'shared' is "
-                        "the paper's code (one parameter, starting at softplus(0) = 0.69 in "
-                        "normalised units); 'per-dim' is one per target dimension starting at "
-                        "softplus(-6.9) = 1e-3", choices=("shared", "per-dim"))
-    weighting: str = _f("resample", "how per-sample weights enter the fit: 'resample' draws "
-                        "minibatches with probability proportional to w; 'loss' uses "
-                        "sum(w*nll)/sum(w) on uniform minibatches", choices=("resample", "loss"))
+    kind: Literal["mdn", "ensemble"] = _f(
+        "mdn", "'mdn': the paper code's mixture-density network; "
+        "'ensemble': MBPO's probabilistic ensemble")
+    hidden_layers: _AtLeast1 = _f(4, "number of hidden SiLU layers")
+    hidden_size: _AtLeast1 = _f(200, "width of each hidden layer (Humanoid: 400)")
+    mdn_components: _AtLeast1 = _f(10, "Gaussian components per output dimension (mdn)")
+    ensemble_size: _AtLeast1 = _f(7, "members of the ensemble (ensemble)")
+    elites: _AtLeast1 = _f(5, "members used for rollouts, best by holdout loss (ensemble)")
+    lr: _Positive = _f(1e-3, "Adam learning rate")
+    batch_size: _AtLeast1 = _f(256, "minibatch size")
+    max_epochs: _AtLeast1 = _f(30, "most 'epochs' of one fit")
+    steps_per_epoch: _AtLeast1 = _f(100, "minibatches per 'epoch' (so a fit's cost is bounded)")
+    patience: _AtLeast1 = _f(5, "stop after this many epochs without holdout improvement")
+    min_improvement: _NonNegative = _f(0.01, "relative holdout improvement that counts")
+    holdout_fraction: _Fraction = _f(0.2, "fraction of the buffer held out (TOM presets: 0.1)")
+    holdout_max: _AtLeast1 = _f(5000, "cap on the holdout size")
+    mdn_noise: Literal["shared", "per-dim"] = _f(
+        "shared", "the MDN's learned variance floor softplus(noise): 'shared' is "
+        "the paper's code (one parameter, starting at softplus(0) = 0.69 in "
+        "normalised units); 'per-dim' is one per target dimension starting at "
+        "softplus(-6.9) = 1e-3")
+    weighting: Literal["resample", "loss"] = _f(
+        "resample", "how per-sample weights enter the fit: 'resample' draws "
+        "minibatches with probability proportional to w; 'loss' uses "
+        "sum(w*nll)/sum(w) on uniform minibatches")
 
 
-@dataclass
+@_component
 class RolloutConfig:
     """Branched model rollouts that feed SAC (MBPO)."""
 
-    every: int = _f(250, "real steps between model refits and rollouts (K)", low=1)
-    starts: int = _f(100_000, "rollout start states per refit", low=1)
-    length: int = _f(1, "rollout horizon h", low=1)
-    retain_epochs: int = _f(1, "epochs of rollouts the model buffer holds", low=1)
-    real_ratio: float = _f(0.05, "fraction of real transitions in each SAC minibatch",
-                           low=0.0, high=1.0)
+    every: _AtLeast1 = _f(250, "real steps between model refits and rollouts (K)")
+    starts: _AtLeast1 = _f(100_000, "rollout start states per refit")
+    length: _AtLeast1 = _f(1, "rollout horizon h")
+    retain_epochs: _AtLeast1 = _f(1, "epochs of rollouts the model buffer holds")
+    real_ratio: _Probability = _f(0.05, "fraction of real transitions in each SAC minibatch")
 
 
-@dataclass
+@_component
 class ScheduleConfig:
     """Real-environment budget, SAC update budget and evaluation."""
 
-    init_steps: int = _f(5000, "initial uniformly random real steps", low=0)
-    epoch_length: int = _f(1000, "real steps per epoch (one evaluation each)", low=1)
-    epochs: int = _f(300, "epochs (Hopper: 125)", low=1)
-    updates_per_step: float = _f(5.0, "SAC updates per real step, on average", low=0.0)
-    update_block: int = _f(20, "SAC updates taken together in one block", low=1)
-    eval_episodes: int = _f(5, "deterministic evaluation episodes per epoch", low=1)
-    max_episode_steps: int = _f(1000, "episode length limit (train and evaluation)", low=1)
+    init_steps: _AtLeast0 = _f(5000, "initial uniformly random real steps")
+    epoch_length: _AtLeast1 = _f(1000, "real steps per epoch (one evaluation each)")
+    epochs: _AtLeast1 = _f(300, "epochs (Hopper: 125)")
+    updates_per_step: _NonNegative = _f(5.0, "SAC updates per real step, on average")
+    update_block: _AtLeast1 = _f(20, "SAC updates taken together in one block")
+    eval_episodes: _AtLeast1 = _f(5, "deterministic evaluation episodes per epoch")
+    max_episode_steps: _AtLeast1 = _f(1000, "episode length limit (train and evaluation)")
 
 
-@dataclass
+@_component
 class TOMConfig:
     """Transition occupancy matching weights (ALGORITHM.md §4–§5)."""
 
-    recent_window: int = _f(1000, "N_pi: the most recent real transitions, sample of d^pi", low=1)
-    divergence: str = _f("chi2", "f-divergence of the dual", choices=("chi2", "kl"))
-    reward: str = _f("disc", "dual reward rho: 'disc' = discriminator log-odds, 'binary' = 1 on "
-                     "the recent window, 0 elsewhere", choices=("disc", "binary"))
-    disc_hidden: int = _f(256, "discriminator width", low=1)
-    disc_passes: int = _f(100, "discriminator training passes over the recent window", low=1)
-    disc_batch: int = _f(256, "discriminator minibatch size", low=1)
-    disc_lr: float = _f(3e-4, "discriminator learning rate", low=0.0, low_open=True)
-    grad_penalty: float = _f(10.0, "gradient-penalty coefficient lambda", low=0.0)
-    replay_label: float = _f(0.1, "smoothed label of replay samples (paper code: 0.1)",
-                             low=0.0, high=1.0)
-    dual_steps: int = _f(1000, "Adam steps on the dual Q per refit (warm-started)", low=1)
-    dual_batch: int = _f(256, "replay and initial-state batch size of the dual", low=1)
-    dual_lr: float = _f(3e-4, "dual learning rate", low=0.0, low_open=True)
-    dual_weight_decay: float = _f(1e-4, "dual weight decay", low=0.0)
-    dual_hidden: int = _f(256, "dual Q width (two hidden layers)", low=1)
-    w_max: float = _f(10.0, "the model fit's weights are clipped at this value (rollout starts "
-                      "use the unclipped weights, as the paper's code)", low=0.0, low_open=True)
-    dual_init: str = _f("xavier", "initialisation of the dual Q: 'xavier' (the paper's code: "
-                        "Glorot-uniform weights, zero biases) or 'torch' (PyTorch's default)",
-                        choices=("xavier", "torch"))
-    next_action_samples: int = _f(1, "sampled a' ~ pi(s') averaged into V(s') = E Q(s', a') in "
-                                  "the dual steps and the weights (paper's code: 1; one sample "
-                                  "inside the convex conjugate biases the weights)", low=1)
-    age_bins: int = _f(10, "transition-age bins of the recorded weight profile", low=1)
+    recent_window: _AtLeast1 = _f(1000, "N_pi: the most recent real transitions, sample of d^pi")
+    divergence: Literal["chi2", "kl"] = _f("chi2", "f-divergence of the dual")
+    reward: Literal["disc", "binary"] = _f(
+        "disc", "dual reward rho: 'disc' = discriminator log-odds, 'binary' = 1 on "
+        "the recent window, 0 elsewhere")
+    disc_hidden: _AtLeast1 = _f(256, "discriminator width")
+    disc_passes: _AtLeast1 = _f(100, "discriminator training passes over the recent window")
+    disc_batch: _AtLeast1 = _f(256, "discriminator minibatch size")
+    disc_lr: _Positive = _f(3e-4, "discriminator learning rate")
+    grad_penalty: _NonNegative = _f(10.0, "gradient-penalty coefficient lambda")
+    replay_label: _Probability = _f(0.1, "smoothed label of replay samples (paper code: 0.1)")
+    dual_steps: _AtLeast1 = _f(1000, "Adam steps on the dual Q per refit (warm-started)")
+    dual_batch: _AtLeast1 = _f(256, "replay and initial-state batch size of the dual")
+    dual_lr: _Positive = _f(3e-4, "dual learning rate")
+    dual_weight_decay: _NonNegative = _f(1e-4, "dual weight decay")
+    dual_hidden: _AtLeast1 = _f(256, "dual Q width (two hidden layers)")
+    w_max: _Positive = _f(10.0, "the model fit's weights are clipped at this value (rollout "
+                          "starts use the unclipped weights, as the paper's code)")
+    dual_init: Literal["xavier", "torch"] = _f(
+        "xavier", "initialisation of the dual Q: 'xavier' (the paper's code: "
+        "Glorot-uniform weights, zero biases) or 'torch' (PyTorch's default)")
+    next_action_samples: _AtLeast1 = _f(
+        1, "sampled a' ~ pi(s') averaged into V(s') = E Q(s', a') in "
+        "the dual steps and the weights (paper's code: 1; one sample "
+        "inside the convex conjugate biases the weights)")
+    age_bins: _AtLeast1 = _f(10, "transition-age bins of the recorded weight profile")
 
 
-@dataclass
+@_component
 class PMACConfig:
     """PMAC's policy-adapted mixture weights (Wang et al. 2022, PDML; ALGORITHM.md §6)."""
 
-    decay: float = _f(0.9, "decay per policy version (see pmac.version): 'block': a new "
-                      "version scales all older mass by decay and takes 1 - decay itself; "
-                      "'refit': a transition k versions old weighs decay^k times a fresh one; "
-                      "1 = uniform ('refit' only)", low=0.0, high=1.0, low_open=True)
-    version: str = _f("block", "'block': a new policy version at each block of SAC updates, as "
-                      "the TOM paper's code (update_litm_prob); 'refit': one version per model "
-                      "refit round, as the PDML paper's policy snapshots",
-                      choices=("block", "refit"))
+    decay: _Fraction = _f(0.9, "decay per policy version (see pmac.version): 'block': a new "
+                          "version scales all older mass by decay and takes 1 - decay itself; "
+                          "'refit': a transition k versions old weighs decay^k times a fresh "
+                          "one; 1 = uniform ('refit' only)")
+    version: Literal["block", "refit"] = _f(
+        "block", "'block': a new policy version at each block of SAC updates, as "
+        "the TOM paper's code (update_litm_prob); 'refit': one version per model "
+        "refit round, as the PDML paper's policy snapshots")
 
 
-@dataclass
+@_component
 class VaGraMConfig:
     """VaGraM's value-gradient weighted model loss (Voelcker et al. 2022; ALGORITHM.md §6)."""
 
-    loss: str = _f("paper-code", "'paper-code': the TOM paper's code (its VAML(MDN)): the MDN's "
-                   "per-dimension NLL weighted by the signed value gradient of its four "
-                   "critics, targets misaligned as there; 'paper-code-aligned': the same with "
-                   "each gradient on its own dimension; 'vagram-paper': the VaGraM paper's "
-                   "squared-gradient weighted squared error of the model mean",
-                   choices=("paper-code", "paper-code-aligned", "vagram-paper"))
-    clip_quantile: float = _f(0.95, "bound clipping: value gradients whose norm exceeds this "
-                              "quantile of the buffer's norms are scaled down to it; 1 = none "
-                              "(paper-code: only where the norm is also >= 1e5, as there)",
-                              low=0.0, high=1.0, low_open=True)
-    sac_mix: str = _f("paper-code", "SAC minibatches: 'paper-code' mixes model data in with "
-                      "probability 0.95*min(epoch/20, 1) per minibatch (else its real part "
-                      "alone), as the paper's code for VaGraM; 'mbpo': every minibatch mixed",
-                      choices=("paper-code", "mbpo"))
+    loss: Literal["paper-code", "paper-code-aligned", "vagram-paper"] = _f(
+        "paper-code", "'paper-code': the TOM paper's code (its VAML(MDN)): the MDN's "
+        "per-dimension NLL weighted by the signed value gradient of its four "
+        "critics, targets misaligned as there; 'paper-code-aligned': the same with "
+        "each gradient on its own dimension; 'vagram-paper': the VaGraM paper's "
+        "squared-gradient weighted squared error of the model mean")
+    clip_quantile: _Fraction = _f(0.95, "bound clipping: value gradients whose norm exceeds "
+                                  "this quantile of the buffer's norms are scaled down to it; "
+                                  "1 = none (paper-code: only where the norm is also >= 1e5, "
+                                  "as there)")
+    sac_mix: Literal["paper-code", "mbpo"] = _f(
+        "paper-code", "SAC minibatches: 'paper-code' mixes model data in with "
+        "probability 0.95*min(epoch/20, 1) per minibatch (else its real part "
+        "alone), as the paper's code for VaGraM; 'mbpo': every minibatch mixed")
 
 
-@dataclass
+@_component
 class RunConfig:
     """One training run: a task, a model-learning objective, a seed, and every component."""
 
     env: str = _f("inverted_pendulum", "task short name (see `tom envs`)")
     objective: str = _f("mle", "model-learning objective (see `tom envs`)")
-    seed: int = _f(0, "random seed", low=0)
-    device: str = _f("cpu", "torch device", choices=("cpu", "cuda"))
-    preset: str = _f("quick", "preset the run started from", choices=PRESETS)
+    seed: _AtLeast0 = _f(0, "random seed")
+    device: Literal["cpu", "cuda"] = _f("cpu", "torch device")
+    preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -187,6 +259,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The dotted prefix of each component's keys, for error messages ("model." for ModelConfig).
+_PREFIX: dict[type, str] = {RunConfig: "", **{
+    f.default_factory: f.name + "." for f in dataclasses.fields(RunConfig)
+    if f.default_factory is not dataclasses.MISSING}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,18 +399,32 @@ def all_keys(cfg: Any | None = None, prefix: str = "") -> list[str]:
 
 
 def set_value(cfg: RunConfig, key: str, value: Any) -> None:
-    """Set a dotted key, converting strings to the field's type; unknown keys are errors."""
+    """Set a dotted key, parsing text (a ``str`` for a field that is not a string) as ``--set``
+    does and checking the value; unknown keys and bad values raise `ConfigError`."""
+    _set(cfg, key, value, text=True)
+
+
+def _set(cfg: Any, key: str, value: Any, text: bool) -> None:
     *path, name = key.split(".")
-    target: Any = cfg
+    target = cfg
     for part in path:
-        sub = getattr(target, part, None)
+        sub = getattr(target, part) if part in _field_names(target) else None
         if not dataclasses.is_dataclass(sub):
             raise ConfigError(_unknown_key(key))
         target = sub
-    fields = {f.name: f for f in dataclasses.fields(target)}
-    if name not in fields or dataclasses.is_dataclass(getattr(target, name)):
+    if name not in _field_names(target) or dataclasses.is_dataclass(getattr(target, name)):
         raise ConfigError(_unknown_key(key))
-    setattr(target, name, _convert(key, value, getattr(type(target)(), name), fields[name]))
+    cls = type(target)
+    if text and isinstance(value, str):
+        value = _parse_text(value, cls.__pydantic_fields__[name].annotation)
+    try:
+        cls.__pydantic_validator__.validate_assignment(target, name, value)
+    except ValidationError as err:
+        raise _config_error(err, cls, key[: len(key) - len(name)]) from None
+
+
+def _field_names(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
 
 
 def _unknown_key(key: str) -> str:
@@ -343,56 +435,94 @@ def _unknown_key(key: str) -> str:
     return f"unknown config key {key!r}.{hint}"
 
 
-def _convert(key: str, value: Any, default: Any, f: dataclasses.Field) -> Any:
-    type_name = str(f.type)
-    if not isinstance(value, str):
-        return value
+def _parse_text(value: str, annotation: Any) -> Any:
+    """Text as the field's type where it reads as one; else the text, for the check to reject."""
     text = value.strip()
-    if "None" in type_name and text.lower() in ("none", "null", ""):
-        return None
-    try:
-        if "bool" in type_name:
-            if text.lower() in ("true", "1", "yes"):
-                return True
-            if text.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(text)
-        if "int" in type_name:
+    args = typing.get_args(annotation)
+    if type(None) in args:  # X | None
+        if text.lower() in ("none", "null", ""):
+            return None
+        (annotation,) = (a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Annotated:
+        annotation = annotation.__origin__
+    if annotation is bool:
+        return {"true": True, "yes": True, "1": True,
+                "false": False, "no": False, "0": False}.get(text.lower(), text)
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
             number = float(text)
-            if not number.is_integer():
-                raise ValueError(text)
-            return int(number)
-        if "float" in type_name:
+        except ValueError:
+            return text
+        # 1e3 and 3.0 name whole numbers; 2.5, nan and inf go on as floats and are rejected.
+        return int(number) if number.is_integer() else number
+    if annotation is float:
+        try:
             return float(text)
-    except ValueError:
-        kind = type_name.replace(" | None", "")
-        raise ConfigError(f"config key {key!r} = {value!r} is not a valid {kind}") from None
+        except ValueError:
+            return text
     return text
 
 
+# How each of pydantic's error types reads as a rule ("it must be ...").
+_KINDS = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+          "float_type": "a number", "float_parsing": "a number",
+          "finite_number": "a finite number", "bool_type": "true or false",
+          "bool_parsing": "true or false", "string_type": "a string"}
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+           "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+
+
+def _config_error(err: ValidationError, cls: type, prefix: str) -> ConfigError:
+    """pydantic's first error as one line: the dotted key, the value given, and the rule."""
+    errors = err.errors(include_url=False)
+    e = errors[0]
+    name = ".".join(str(part) for part in e["loc"])
+    key = prefix + name
+    if e["type"] in ("unexpected_keyword_argument", "no_such_attribute"):
+        message = _unknown_key(key)
+    else:
+        message = f"config key {key!r} = {e.get('input')!r} is not allowed: {_rule(e, cls, name)}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return ConfigError(message)
+
+
+def _rule(e: Any, cls: type, name: str) -> str:
+    fields = getattr(cls, "__pydantic_fields__", {})
+    annotation = fields[name].annotation if name in fields else None
+    args = typing.get_args(annotation)
+    if e["type"] == "literal_error":
+        if typing.get_origin(annotation) is Literal:
+            return f"choose one of {', '.join(map(str, args))}"
+        return f"choose one of {e['ctx']['expected']}"
+    if e["type"] in _BOUNDS:
+        op, bound = _BOUNDS[e["type"]]
+        return f"it must be {op} {e['ctx'][bound]}"
+    if e["type"] in _KINDS:
+        nullable = type(None) in args
+        return f"it must be {_KINDS[e['type']]}" + (" or none" if nullable else "")
+    if e["type"] == "dataclass_exact_type":
+        return f"it must be a {e['ctx']['class_name']}"
+    return e["msg"]
+
+
 def validate(cfg: Any, prefix: str = "") -> None:
-    """Check every field against its constraint; raise ConfigError naming key, value, rule."""
-    for f in dataclasses.fields(cfg):
-        key, value = prefix + f.name, getattr(cfg, f.name)
+    """Check every field against its type and constraint, and the cross-key rules; raise
+    ConfigError naming key, value, rule."""
+    cls = type(cfg)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    try:  # a throwaway instance: the checks of the constructor, nothing changed in cfg
+        cls.__pydantic_validator__.validate_python(ArgsKwargs((), values),
+                                                   self_instance=object.__new__(cls))
+    except ValidationError as err:
+        raise _config_error(err, cls, prefix) from None
+    for name, value in values.items():
         if dataclasses.is_dataclass(value):
-            validate(value, key + ".")
-            continue
-        meta = f.metadata
-        if meta.get("choices") is not None:
-            _check_choice(key, value, meta["choices"])
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, (int, float)):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"config key {key!r} = {value!r} must be a finite number")
-            low, high = meta.get("low"), meta.get("high")
-            if low is not None and (value < low or (meta.get("low_open") and value == low)):
-                rel = ">" if meta.get("low_open") else ">="
-                raise ConfigError(f"config key {key!r} = {value!r} is not allowed: "
-                                  f"it must be {rel} {low}")
-            if high is not None and value > high:
-                raise ConfigError(f"config key {key!r} = {value!r} is not allowed: "
-                                  f"it must be <= {high}")
+            validate(value, prefix + name + ".")
     if isinstance(cfg, RunConfig):
         _validate_cross(cfg)
 
@@ -425,14 +555,20 @@ def _check_choice(key: str, value: Any, choices: tuple) -> None:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from ``to_dict`` output (e.g. a run's config.json)."""
+    """Rebuild a RunConfig from ``to_dict`` output (e.g. a run's config.json).
+
+    The values must have the fields' types, as ``to_dict`` writes them: text is not parsed
+    here (a "3" for an integer field is an error), unlike `set_value`."""
     cfg = RunConfig()
     for key, value in data.items():
-        sub = getattr(cfg, key, None)
+        sub = getattr(cfg, key) if key in _field_names(cfg) else None
         if dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} = {value!r} is not allowed: it must be "
+                                  f"a mapping of the {key}.* keys")
             for name, v in value.items():
-                set_value(cfg, f"{key}.{name}", v)
-        elif key in {f.name for f in dataclasses.fields(cfg)}:
-            set_value(cfg, key, value)
+                _set(cfg, f"{key}.{name}", v, text=False)
+        elif key in _field_names(cfg):
+            _set(cfg, key, value, text=False)
     validate(cfg)
     return cfg
