@@ -167,3 +167,25 @@ class ReplayBuffer:
     def _require_data(self) -> None:
         if len(self) == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
+
+    # -- checkpointing -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        """The stored rows only (a buffer early in a run is mostly empty), plus the counters."""
+        n, m = len(self), min(self.initial_inserted, self._init.shape[0])
+        return {"obs": self._obs[:n], "act": self._act[:n], "reward": self._reward[:n],
+                "next_obs": self._next_obs[:n], "done": self._done[:n],
+                "stamp": self._stamp[:n], "updates": self._updates[:n], "init": self._init[:m],
+                "inserted": self.inserted, "initial_inserted": self.initial_inserted}
+
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        """Restore a `state_dict` into a buffer of the same capacity and dimensions."""
+        n = state["obs"].shape[0]
+        if n > self.capacity or state["obs"].shape[1:] != self._obs.shape[1:]:
+            raise ValueError(f"buffer state of shape {tuple(state['obs'].shape)} does not fit "
+                             f"a buffer of shape {tuple(self._obs.shape)}")
+        for name in ("obs", "act", "reward", "next_obs", "done", "stamp", "updates"):
+            getattr(self, f"_{name}")[:n] = state[name]
+        self._init[: state["init"].shape[0]] = state["init"]
+        self.inserted = int(state["inserted"])
+        self.initial_inserted = int(state["initial_inserted"])

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 from pathlib import Path
 
 from tom.config import PRESETS, ConfigError, all_keys, resolve
@@ -17,31 +17,92 @@ def _train(args: argparse.Namespace) -> int:
                   overrides=args.set, device=args.device)
     if args.threads < 1:
         raise ConfigError(f"--threads = {args.threads} is not allowed: it must be >= 1")
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every = {args.checkpoint_every} is not allowed: it "
+                          "must be >= 0 (0: checkpoint only when a signal stops the run)")
+    if not args.grace > 0:
+        raise ConfigError(f"--grace = {args.grace} is not allowed: it must be > 0 seconds")
     if cfg.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("config key 'device' = 'cuda' is not allowed here: "
                               "torch sees no CUDA device (use --device cpu)")
+    out = _run_directory(args.out)
+    import mujoco
     import torch
 
-    from tom.mbpo import train
-    from tom.outputs import PARTIAL_METRICS, write_csv, write_run
+    import tom
+    from tom import checkpoint
+    from tom.interrupt import Interrupted, StopRequest
+    from tom.mbpo import NumericalFault, Trainer
+    from tom.outputs import PARTIAL_METRICS, git_commit, write_csv, write_run
+
+    # What the checkpoint's contents depend on: this code, and the versions that serialise
+    # the networks and the simulator's state.
+    path = out / checkpoint.CHECKPOINT
+    code = (f"tom {tom.__version__} ({git_commit()}), torch {torch.__version__}, "
+            f"mujoco {mujoco.__version__}")
+    state = None
+    if path.exists() and args.restart:
+        path.unlink()
+        print(f"--restart: deleted {path}; starting over")
+    elif path.exists():
+        state = checkpoint.load(path, cfg.to_dict(), code)
+    for stale in out.glob(f".{checkpoint.CHECKPOINT}.*.tmp"):  # from a process killed mid-write
+        stale.unlink()
 
     # Small networks gain little from intra-op threads, and oversubscribed cores (parallel
     # pipeline jobs) make each op many times slower: one thread per run by default.
     torch.set_num_threads(args.threads)
+    trainer = Trainer(cfg)
+    if state is not None:
+        trainer.load_state_dict(state)
+        print(f"resuming from {path}: epoch {trainer.epoch + 1} of {cfg.schedule.epochs}, "
+              f"real step {trainer.env_steps} of {trainer.total_steps}")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    result = train(cfg, progress=not args.quiet,
-                   on_epoch=lambda r: write_csv(out / PARTIAL_METRICS, r.metrics))
-    write_run(out, cfg, result, time.perf_counter() - start)
+    def save(trainer_state: dict) -> None:
+        checkpoint.save(path, cfg.to_dict(), code, trainer_state)
+
+    stop = StopRequest(args.grace).install()
+    try:
+        result = trainer.run(progress=not args.quiet,
+                             on_epoch=lambda r: write_csv(out / PARTIAL_METRICS, r.metrics),
+                             checkpoint=save, checkpoint_every=args.checkpoint_every, stop=stop)
+    except Interrupted as stopped:
+        print(f"tom: stopped by {stopped} at real step {trainer.env_steps}; checkpoint saved to "
+              f"{path}: run the same command again to resume", file=sys.stderr)
+        return stopped.exit_status
+    except NumericalFault as fault:
+        kept = (f"the last good checkpoint is kept in {path}" if path.exists()
+                else "no checkpoint had been written yet")
+        print(f"tom: numerical fault: {fault}; {kept}", file=sys.stderr)
+        return 3
+    finally:
+        stop.uninstall()
+    if args.keep_checkpoint:
+        save(trainer.state_dict())
     last = result.metrics[-1]
+    write_run(out, cfg, result, last["wall_time"])
+    if not args.keep_checkpoint:
+        path.unlink(missing_ok=True)
     print(f"done: {cfg.env}/{cfg.objective}/seed {cfg.seed}: return {last['return_mean']:.1f} "
-          f"after {last['env_steps']} real steps, {time.perf_counter() - start:.0f} s -> {out}")
+          f"after {last['env_steps']} real steps, {last['wall_time']:.0f} s -> {out}")
     return 0
+
+
+def _run_directory(text: str) -> Path:
+    """The run directory, created if needed; an unusable one is a ConfigError, before compute."""
+    out = Path(text)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tom-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"--out = {text!r} is not a writable directory ({err.strerror}): give "
+                          "a folder this user can create and write") from None
+    return out
 
 
 def _envs(args: argparse.Namespace) -> int:
@@ -91,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+                    help="write checkpoint.pt in --out every this many epochs (default 1; 0: "
+                    "only when SIGTERM/SIGINT stops the run); an existing one is resumed")
+    tr.add_argument("--restart", action="store_true",
+                    help="delete an existing checkpoint in --out and start over")
+    tr.add_argument("--keep-checkpoint", action="store_true",
+                    help="keep checkpoint.pt after the run completes (default: delete it)")
+    tr.add_argument("--grace", type=float, default=20.0, metavar="SECONDS",
+                    help="after SIGTERM/SIGINT, exit at most this long later, checkpointed at "
+                    "the next real step if one is reached in time (default 20; SLURM kills "
+                    "30 s after SIGTERM)")
     tr.set_defaults(func=_train)
     ev = sub.add_parser("envs", help="list tasks, objectives and presets")
     ev.add_argument("--keys", action="store_true", help="list every config key instead")

@@ -451,6 +451,20 @@ class DynamicsModel(nn.Module, ABC):
         """Members `step` samples from."""
         return [0]
 
+    def training_state(self) -> dict[str, Any]:
+        """Parameters, normaliser and elites (`state_dict`), plus what persists between
+        fits outside it: Adam's moments and whether the last fit was mean-only."""
+        return {"module": self.state_dict(), "mean_only": self.mean_only,
+                "optimizer": None if self._optimizer is None else self._optimizer.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["module"])
+        self.mean_only = bool(state["mean_only"])
+        self._optimizer = None
+        if state["optimizer"] is not None:
+            self._optimizer = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+            self._optimizer.load_state_dict(state["optimizer"])
+
 
 class MixtureDensityModel(DynamicsModel):
     """The paper code's model: one MLP, a K-component Gaussian mixture per target dimension.

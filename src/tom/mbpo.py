@@ -23,15 +23,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from tom.buffer import ReplayBuffer, Transition, weighted_indices
+from tom.checkpoint import env_state, rng_state, set_env_state, set_rng_state
 from tom.config import RunConfig
 from tom.dynamics import DynamicsModel, make_model
 from tom.envs import get_task, make_env
+from tom.interrupt import Interrupted, StopRequest
 from tom.objectives import (
     Objective,
     RefitContext,
@@ -42,6 +45,24 @@ from tom.objectives import (
 from tom.sac import SAC
 
 PHASES = ("env", "objective", "model", "rollout", "sac", "eval")
+
+
+class NumericalFault(FloatingPointError):
+    """A NaN or Inf in a loss, weight or model prediction; names the phase and the real step."""
+
+    def __init__(self, phase: str, env_steps: int, what: str) -> None:
+        super().__init__(f"{what} is not finite, in phase '{phase}' at real step {env_steps}")
+        self.phase, self.env_steps = phase, env_steps
+
+
+def _require_finite(phase: str, env_steps: int, **values: Tensor | float | None) -> None:
+    for name, value in values.items():
+        if value is None:
+            continue
+        finite = (torch.isfinite(value).all().item() if isinstance(value, Tensor)
+                  else math.isfinite(value))
+        if not finite:
+            raise NumericalFault(phase, env_steps, name.replace("_", " "))
 
 
 @dataclass
@@ -84,6 +105,11 @@ class Trainer:
         self.objective: Objective = make_objective(cfg, obs_dim, act_dim)
         self.env_steps = 0
         self.model_fitted = False
+        # Where the schedule stands: epochs done, real steps and SAC updates into the current
+        # epoch, seconds spent in it and in the run (carried across a resume).
+        self.obs: Tensor | None = None
+        self.epoch, self.epoch_step, self.epoch_updates = 0, 0, 0
+        self.epoch_time = self.wall_time = 0.0
         self.latest: dict[str, float] = {}  # last refit's measurements, carried into metrics
         self.sac_stats: dict[str, float] = {}
         self.times: dict[str, float] = defaultdict(float)
@@ -91,30 +117,102 @@ class Trainer:
 
     # -- the schedule -------------------------------------------------------------------------
 
-    def run(self, progress: bool = False, on_epoch: Callable[[TrainResult], None] | None = None
-            ) -> TrainResult:
-        sch, start = self.cfg.schedule, time.perf_counter()
-        obs = self._reset()
-        bar = _progress_bar(self.total_steps, progress, self.cfg)
-        for epoch in range(sch.epochs):
-            epoch_updates, epoch_start = 0, time.perf_counter()
-            for epoch_step in range(1, sch.epoch_length + 1):
-                obs = self._real_step(obs)
+    def run(self, progress: bool = False, on_epoch: Callable[[TrainResult], None] | None = None,
+            checkpoint: Callable[[dict[str, Any]], None] | None = None,
+            checkpoint_every: int = 0, stop: StopRequest | None = None) -> TrainResult:
+        """Run the schedule from where the trainer stands (the start, or a loaded state).
+
+        ``checkpoint(state)`` is called with `state_dict()` after every ``checkpoint_every``-th
+        epoch, and after the current real step when ``stop`` has received a signal; the run
+        then raises `Interrupted`. A non-finite loss, weight or prediction raises
+        `NumericalFault` before anything after it is checkpointed.
+        """
+        sch = self.cfg.schedule
+        self._clock = time.perf_counter() - self.wall_time
+        if self.obs is None:
+            self.obs = self._reset()
+        bar = _progress_bar(self.total_steps, self.env_steps, progress, self.cfg)
+        while self.epoch < sch.epochs:
+            epoch_clock = time.perf_counter() - self.epoch_time
+            while self.epoch_step < sch.epoch_length:
+                self.epoch_step += 1
+                self.obs = self._real_step(self.obs)
                 if self._refit_due():
                     self._refit()
-                if self.model_fitted and epoch_updates < sch.updates_per_step * epoch_step:
-                    epoch_updates += self._sac_block()
-            row = self._evaluate(epoch, epoch_updates, time.perf_counter() - epoch_start,
-                                 time.perf_counter() - start)
+                if (self.model_fitted
+                        and self.epoch_updates < sch.updates_per_step * self.epoch_step):
+                    self.epoch_updates += self._sac_block()
+                if stop is not None and stop.signal is not None:
+                    self._interrupt(stop.signal, checkpoint, epoch_clock)
+            row = self._evaluate(self.epoch, self.epoch_updates,
+                                 time.perf_counter() - epoch_clock,
+                                 time.perf_counter() - self._clock)
             self.result.metrics.append(row)
+            self.epoch, self.epoch_step, self.epoch_updates, self.epoch_time = (
+                self.epoch + 1, 0, 0, 0.0)
             if bar is not None:
                 bar.update(sch.epoch_length)
                 bar.set_postfix(ret=f"{row['return_mean']:.0f}", sps=f"{row['sps']:.0f}")
             if on_epoch is not None:
                 on_epoch(self.result)
+            saved = False
+            # Not after the last epoch: the run's files are written next.
+            if (checkpoint is not None and checkpoint_every and self.epoch < sch.epochs
+                    and self.epoch % checkpoint_every == 0):
+                self._save(checkpoint)
+                saved = True
+            if stop is not None and stop.signal is not None and self.epoch < sch.epochs:
+                self._interrupt(stop.signal, None if saved else checkpoint, time.perf_counter())
         if bar is not None:
             bar.close()
         return self.result
+
+    def _save(self, checkpoint: Callable[[dict[str, Any]], None]) -> None:
+        self.wall_time = time.perf_counter() - self._clock
+        checkpoint(self.state_dict())
+
+    def _interrupt(self, signum: int, checkpoint: Callable[[dict[str, Any]], None] | None,
+                   epoch_clock: float) -> None:
+        self.epoch_time = time.perf_counter() - epoch_clock
+        if checkpoint is not None:
+            self._save(checkpoint)
+        raise Interrupted(signum)
+
+    # -- checkpointing ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything `run` needs to continue exactly (see `tom.checkpoint`)."""
+        return {
+            "agent": self.agent.state_dict(), "model": self.model.training_state(),
+            "objective": self.objective.state_dict(),
+            "real": self.real.state_dict(), "imagined": self.imagined.state_dict(),
+            "env": env_state(self.env), "eval_env_rng": self.eval_env.unwrapped.np_random
+            .bit_generator.state, "rng": rng_state(),
+            "obs": self.obs, "env_steps": self.env_steps, "model_fitted": self.model_fitted,
+            "epoch": self.epoch, "epoch_step": self.epoch_step,
+            "epoch_updates": self.epoch_updates, "epoch_time": self.epoch_time,
+            "wall_time": self.wall_time, "times": dict(self.times),
+            "latest": dict(self.latest), "sac_stats": dict(self.sac_stats),
+            "metrics": list(self.result.metrics), "weights": list(self.result.weights),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.model.load_training_state(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.real.load_state_dict(state["real"])
+        self.imagined.load_state_dict(state["imagined"])
+        set_env_state(self.env, state["env"])
+        self.eval_env.unwrapped.np_random.bit_generator.state = state["eval_env_rng"]
+        set_rng_state(state["rng"])
+        self.obs = None if state["obs"] is None else state["obs"].to(self.device)
+        self.env_steps, self.model_fitted = state["env_steps"], state["model_fitted"]
+        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
+        self.epoch_updates, self.epoch_time = state["epoch_updates"], state["epoch_time"]
+        self.wall_time = state["wall_time"]
+        self.times = defaultdict(float, state["times"])
+        self.latest, self.sac_stats = dict(state["latest"]), dict(state["sac_stats"])
+        self.result.metrics, self.result.weights = list(state["metrics"]), list(state["weights"])
 
     # -- phases -------------------------------------------------------------------------------
 
@@ -150,16 +248,29 @@ class Trainer:
             recent = self.real.recent(cfg.tom.recent_window)
             self.latest["model_error_recent"] = self.model.squared_error(recent).mean().item()
             self.latest["model_nll_recent"] = self.model.nll(recent).mean().item()
+            _require_finite("model", self.env_steps,
+                            model_error_on_recent_data=self.latest["model_error_recent"])
         learner_steps = max(0, self.env_steps - cfg.schedule.init_steps)
-        self.objective.update(RefitContext(self.real, self.agent, self.env_steps, learner_steps))
-        weights = self.objective.fit_weights()
+        try:
+            self.objective.update(RefitContext(self.real, self.agent, self.env_steps,
+                                               learner_steps))
+        except FloatingPointError as err:
+            raise NumericalFault("objective", self.env_steps, str(err)) from err
+        weights, start_weights = self.objective.fit_weights(), self.objective.start_weights()
+        dim_weights = self.objective.fit_dim_weights()
+        nll_dim_weights = self.objective.fit_nll_dim_weights()
+        _require_finite("objective", self.env_steps, fit_weights=weights,
+                        start_weights=start_weights, per_dimension_weights=dim_weights,
+                        per_dimension_NLL_weights=nll_dim_weights,
+                        **{f"objective_statistic_{k}": v
+                           for k, v in self.objective.stats().items()})
         t1 = time.perf_counter()
-        fit = self.model.fit(self.real.all(), weights,
-                             dim_weights=self.objective.fit_dim_weights(),
-                             nll_dim_weights=self.objective.fit_nll_dim_weights())
+        fit = self.model.fit(self.real.all(), weights, dim_weights=dim_weights,
+                             nll_dim_weights=nll_dim_weights)
+        _require_finite("model", self.env_steps, model_training_loss=fit.train_loss,
+                        model_holdout_loss=fit.holdout_loss)
         self.model_fitted = True
         t2 = time.perf_counter()
-        start_weights = self.objective.start_weights()
         self._rollouts(start_weights)
         t3 = time.perf_counter()
         self.times["objective"] += t1 - t0
@@ -183,6 +294,8 @@ class Trainer:
         obs = self.real.get(idx).obs
         for _ in range(roll.length):
             step = self.model.step(obs, self.agent.act(obs))
+            _require_finite("rollout", self.env_steps, model_prediction=torch.cat(
+                [step.next_obs, step.reward[:, None]], dim=1))
             self.imagined.add_batch(step)
             alive = step.done == 0
             if not alive.any():
@@ -207,6 +320,8 @@ class Trainer:
                                     self.imagined.sample(sac.batch_size - n_real)]
                                    ) if mixed else self.real.sample(n_real)
             self.sac_stats = self.agent.update(batch)
+        _require_finite("sac", self.env_steps,
+                        **{f"SAC_{k.replace('_', ' ')}": v for k, v in self.sac_stats.items()})
         self.times["sac"] += time.perf_counter() - t0
         return sch.update_block
 
@@ -245,12 +360,13 @@ class Trainer:
         return row
 
 
-def _progress_bar(total: int, enabled: bool, cfg: RunConfig):
+def _progress_bar(total: int, done: int, enabled: bool, cfg: RunConfig):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="step", desc=f"{cfg.env}/{cfg.objective}/{cfg.seed}")
+    return tqdm(total=total, initial=done, unit="step",
+                desc=f"{cfg.env}/{cfg.objective}/{cfg.seed}")
 
 
 def train(cfg: RunConfig, progress: bool = False,
