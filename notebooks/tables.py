@@ -46,6 +46,7 @@ from pathlib import Path
 import pandas as pd
 
 from tom.analysis import tables
+from tom.atomic import atomic_write
 from tom.deviations import DEVIATIONS
 
 summary = Path(summary_dir)
@@ -59,8 +60,8 @@ print(f"{provenance['n_runs']} runs, preset {provenance['preset']}, budgets {bud
 
 
 def write(path: str, text: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text if text.endswith("\n") else text + "\n")
+    text = text if text.endswith("\n") else text + "\n"
+    atomic_write(Path(path), lambda fh: fh.write(text))
 
 
 # %% [markdown]

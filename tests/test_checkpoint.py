@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,10 @@ def patched(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
         return result
     if count[0] == calls:
-        os.kill(os.getpid(), getattr(signal, "SIG" + signame))
+        os.kill(os.getpid(), getattr(signal, "SIG" + signame.split("+")[0]))
+        if signame.endswith("+hang"):  # a phase that outlasts the grace period
+            import time
+            time.sleep(120)
     return original(*args, **kwargs)
 
 setattr(owner, name, patched if not isinstance(original, staticmethod) else staticmethod(patched))
@@ -131,6 +135,22 @@ def test_signal_checkpoints_exits_nonzero_and_resumes_exactly(signame, target, c
     resumed = run_tom(tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "real step" in resumed.stdout
+    assert_same_run(reference, tmp_path)
+
+
+def test_signal_in_a_phase_longer_than_the_grace_exits_in_time(reference, tmp_path):
+    """The watchdog: no safe point within --grace seconds, so the process exits anyway; the
+    previous epoch's checkpoint stands and the resume still equals the uninterrupted run."""
+    start = time.monotonic()
+    stopped = run_tom(tmp_path, "--grace", "2",
+                      kill=("tom.objectives.tom:TOMObjective._train_dual", 3, "TERM+hang"))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert time.monotonic() - start < 60  # the phase alone would take 120 s
+    assert "no safe point within 2 s" in stopped.stderr
+    assert (tmp_path / CHECKPOINT).exists()
+    resumed = run_tom(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epoch 3 of 3" in resumed.stdout
     assert_same_run(reference, tmp_path)
 
 

@@ -26,5 +26,5 @@ rule paper:
             echo {params.no_tex:q} | tee {log} >&2
             exit 1
         fi
-        cp build/paper/main.pdf {output.pdf}
+        cp build/paper/main.pdf {output.pdf}.tmp && mv {output.pdf}.tmp {output.pdf}
         """

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from tom.atomic import atomic_write
+
 # Order in legends and tables: the method, the baselines, then the ablation variants.
 METHODS = ("tom", "mle", "pmac", "vagram", "tom-nodisc", "tom-kl")
 LABELS = {
@@ -170,12 +172,12 @@ def short_commit(commit: str) -> str:
 def save(fig: plt.Figure, path: str | Path, *, title: str, preset: str, commit: str) -> Path:
     """Vector PDF with provenance in its metadata; no creation date, so reruns are identical."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="pdf", metadata={
+    metadata = {
         "Title": title, "Subject": f"tom pipeline, preset {preset}, commit {commit}",
         "Keywords": f"preset={preset} commit={commit}", "Creator": "tom pipeline (notebooks/)",
         "CreationDate": None,
-    })
+    }
+    atomic_write(path, lambda fh: fig.savefig(fh, format="pdf", metadata=metadata), binary=True)
     return path
 
 
