@@ -171,12 +171,16 @@ class ReplayBuffer:
     # -- checkpointing -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Tensor | int]:
-        """The stored rows only (a buffer early in a run is mostly empty), plus the counters."""
+        """The stored rows only (a buffer early in a run is mostly empty), plus the counters.
+
+        Copies, not views: torch.save writes a view's whole storage, the empty rows too."""
         n, m = len(self), min(self.initial_inserted, self._init.shape[0])
-        return {"obs": self._obs[:n], "act": self._act[:n], "reward": self._reward[:n],
-                "next_obs": self._next_obs[:n], "done": self._done[:n],
-                "stamp": self._stamp[:n], "updates": self._updates[:n], "init": self._init[:m],
-                "inserted": self.inserted, "initial_inserted": self.initial_inserted}
+        rows = {"obs": self._obs, "act": self._act, "reward": self._reward,
+                "next_obs": self._next_obs, "done": self._done, "stamp": self._stamp,
+                "updates": self._updates}
+        return {**{name: store[:n].clone() for name, store in rows.items()},
+                "init": self._init[:m].clone(), "inserted": self.inserted,
+                "initial_inserted": self.initial_inserted}
 
     def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
         """Restore a `state_dict` into a buffer of the same capacity and dimensions."""
