@@ -33,27 +33,6 @@ NOTEBOOKS = ["derivation", "fig2_weights", "fig3_returns", "fig4_model_error",
 HAS_TEX = bool(shutil.which("latexmk") or shutil.which("tectonic"))
 
 
-def _repo_files() -> list[str]:
-    try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("the pipeline test copies the repository with git ls-files")
-    return sorted({f for f in out.splitlines() if (REPO / f).is_file()})
-
-
-def _copy_repo(dst: Path) -> Path:
-    for name in _repo_files():
-        target = dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
-    git = ["git", "-c", "user.name=pipeline-test", "-c", "user.email=test@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "snapshot"], cwd=dst, check=True)
-    return dst
-
-
 def snakemake(cwd: Path, *args: str, timeout: float = 600,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run snakemake (targets first: --configfile and --config take every word after them)."""
@@ -98,9 +77,9 @@ def scheduled_train_runs(output: str) -> list[tuple[str, str, int]]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, copy_repo):
     """A repository copy on which `snakemake all` has run with the smoke preset."""
-    work = _copy_repo(tmp_path_factory.mktemp("pipeline"))
+    work = copy_repo(tmp_path_factory.mktemp("pipeline"))
     start = time.perf_counter()
     done = snakemake(work, "all", "--cores", "2", "--configfile", "config/smoke.yaml")
     elapsed = time.perf_counter() - start

@@ -85,25 +85,23 @@ check_system() {
 install_packages() {
     local missing=() p
     for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' \
+        [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] \
             || missing+=("$p")
     done
     ((${#missing[@]})) || return 0
     say "installing ${missing[*]} (a few minutes)"
     # Keep the packages' maintainer scripts from starting daemons: this script starts them.
-    local policy=/usr/sbin/policy-rc.d created_policy=0
+    local policy=/usr/sbin/policy-rc.d
     if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; created_policy=1
+        printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
     if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
         >/tmp/cluster-sh-apt.log 2>&1; then
-        ((created_policy)) && rm -f "$policy"
         tail -n 20 /tmp/cluster-sh-apt.log >&2
         die "apt-get install ${missing[*]} failed (log: /tmp/cluster-sh-apt.log)"
     fi
-    ((created_policy)) && rm -f "$policy"
-    return 0
 }
 
 start_munge() {

@@ -4,12 +4,13 @@
 # digest of the resolved hyperparameters, so editing a preset reruns exactly the runs it changes.
 
 
-def train_runtime(wildcards, attempt):
-    """Minutes: a number, or a task -> minutes map with a `default`; doubled per retry."""
+def train_runtime(wildcards):
+    """Minutes: a number, or a task -> minutes map with a `default`. The same on every retry:
+    a retried run resumes from its checkpoint, so it needs no more time than was left."""
     runtime = config["resources"]["train"]["runtime"]
     if isinstance(runtime, dict):
         runtime = runtime.get(wildcards.env, runtime["default"])
-    return int(runtime) * 2 ** (attempt - 1)
+    return int(runtime)
 
 
 def resolved_hyperparameters(wildcards):
@@ -26,6 +27,7 @@ def resolved_hyperparameters(wildcards):
 
 
 def train_mem_mb(wildcards, attempt):
+    """Grows per retry: a job killed for memory would be killed again with the same limit."""
     return int(config["resources"]["train"]["mem_mb"]) * attempt
 
 
@@ -46,8 +48,11 @@ rule train:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
         gpu=config["resources"]["train"]["gpu"],
+    # `exec`: tom itself receives SLURM's SIGTERM (pre-emption, time limit), not a wrapping
+    # shell that would die at once and end the job step before the checkpoint is written.
+    # An existing checkpoint in the run directory (from an interrupted try) is resumed.
     shell:
-        "tom train --env {wildcards.env} --objective {wildcards.objective} "
+        "exec tom train --env {wildcards.env} --objective {wildcards.objective} "
         "--seed {wildcards.seed} --preset {params.preset} --device {params.device} "
         "--threads {threads} --out {params.out} {params.quiet} {params.overrides:q} "
         "> {log} 2>&1"
