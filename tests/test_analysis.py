@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from tom.analysis import stats
 from tom.analysis.aggregate import COLUMNS, SUMMARY_FILES, aggregate, format_value
@@ -24,7 +25,6 @@ def test_iqm_known_values():
 
 def test_iqm_matches_trimmed_mean():
     """The same convention as scipy.stats.trim_mean(x, 0.25) for every sample size."""
-    scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
     for n in range(1, 30):
         x = rng.standard_cauchy(n)
@@ -193,6 +193,64 @@ def test_returns_at_budgets_takes_last_evaluation_and_never_extrapolates():
     latex, summary = returns_table(returns, [1500, 5000], n_boot=100)
     assert r"\begin{tabular}" in latex and "Hopper" in latex and "--" in latex
     assert summary["n"].tolist() == [1]
+
+
+def _seed_returns(values, env="hopper", objective="tom"):
+    """One evaluation at 1000 steps per seed, with the given returns."""
+    return pd.DataFrame({"env": env, "objective": objective, "seed": range(len(values)),
+                         "env_steps": 1000, "return_mean": [float(v) for v in values]})
+
+
+def test_returns_table_has_no_iqm_column_below_4_seeds():
+    pytest.importorskip("seaborn")
+    from tom.analysis.tables import returns_caption, returns_table
+
+    returns = pd.concat([_seed_returns([1, 2, 100]), _seed_returns([3, 4, 5], objective="mle")])
+    latex, summary = returns_table(returns, [1000], n_boot=200)
+    assert "IQM" not in latex
+    assert r"\begin{tabular}{llr}" in latex  # task, method, one column per budget
+    assert r"\multicolumn{1}{c}{1k real steps}" in latex
+    # mean ± std (ddof 1) of 1, 2, 100: 34.33 ± sqrt(6468.67 / 2) = 56.87; bold: the best mean
+    assert r"Hopper & TOM & \textbf{34.3 $\pm$ 56.9} \\" in latex
+    caption = returns_caption(summary)
+    assert "No interquartile mean (IQM) column: with 3 seeds or fewer" in caption
+    assert "equals the mean" in caption
+
+
+def test_returns_table_has_an_iqm_column_from_4_seeds():
+    pytest.importorskip("seaborn")
+    from tom.analysis.tables import returns_caption, returns_table
+
+    returns = pd.concat([_seed_returns([1, 2, 3, 100]), _seed_returns([7, 8, 9], objective="mle")])
+    latex, summary = returns_table(returns, [1000], n_boot=200)
+    assert r"\begin{tabular}{llrr}" in latex and r"IQM [95\,\% CI]" in latex
+    rows = {line.split(" & ")[1]: line for line in latex.splitlines() if " & " in line}
+    # IQM of 1, 2, 3, 100: drop one at each end, (2 + 3) / 2 = 2.5 (the mean is 26.5).
+    assert r"\textbf{26.5 $\pm$ 49.0} & 2.5 [" in rows["TOM"]
+    assert rows["MBPO (MLE)"].endswith(r"8.0 $\pm$ 1.0 & 8.0 [7.0, 9.0] \\")  # 3 seeds: = mean
+    caption = returns_caption(summary)
+    assert "interquartile mean (IQM) with its 95" in caption and "No interquartile" not in caption
+    assert "with fewer than 4 seeds the IQM trims nothing" in caption
+
+
+def test_reliable_table_rows():
+    pytest.importorskip("seaborn")
+    from tom.analysis.tables import reliable_table
+
+    intervals = pd.DataFrame({
+        "method": ["mle"] * 3 + ["tom"] * 3, "metric": list(stats.METRICS) * 2,
+        "value": [0.1, 0.2, 0.8, 0.5, 0.6, 0.4], "ci_lo": [0.05, 0.1, 0.7, np.nan, 0.5, 0.3],
+        "ci_hi": [0.15, 0.3, 0.9, np.nan, 0.7, 0.5], "n_runs": [3] * 3 + [1] * 3,
+        "n_tasks": 2})
+    improvements = pd.DataFrame({"reference": ["tom"], "baseline": ["mle"], "value": [0.75],
+                                 "ci_lo": [0.5], "ci_hi": [1.0]})
+    latex = reliable_table(intervals, improvements)
+    lines = latex.splitlines()
+    tom = lines.index(next(line for line in lines if line.startswith("TOM &")))
+    assert lines[tom] == r"TOM & 1 & 0.50 & 0.60 [0.50, 0.70] & 0.40 [0.30, 0.50] & -- \\"
+    assert lines[tom + 1] == (r"MBPO (MLE) & 3 & 0.10 [0.05, 0.15] & 0.20 [0.10, 0.30] & "
+                              r"0.80 [0.70, 0.90] & 0.75 [0.50, 1.00] \\")
+    assert r"P(TOM $>$ method)" in latex
 
 
 def test_readme_lists_exactly_the_deviations():

@@ -1,5 +1,6 @@
 """Command line: ``tom train`` runs one (env, objective, seed); ``tom envs`` lists choices;
-``tom aggregate`` turns finished run directories into tidy summary tables."""
+``tom aggregate`` turns finished run directories into tidy summary tables; ``tom notebook``
+executes an analysis notebook."""
 
 from __future__ import annotations
 
@@ -138,6 +139,28 @@ def _aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notebook(args: argparse.Namespace) -> int:
+    import logging
+
+    import yaml
+
+    from tom.analysis.notebook import run_notebook
+
+    if not Path(args.source).is_file():
+        raise ConfigError(f"notebook {args.source!r} does not exist")
+    parameters = {}
+    for item in args.param:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--param {item!r} is not of the form name=value "
+                              "(the value is read as YAML: 3, [200, 400], text)")
+        parameters[key] = yaml.safe_load(text) if text else ""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_notebook(Path(args.source), Path(args.output), parameters)
+    print(f"executed {args.source} -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run directories, or folders searched for them (default results/runs)")
     ag.add_argument("--out", default="results/summary", help="summary folder to write")
     ag.set_defaults(func=_aggregate)
+    nb = sub.add_parser("notebook", help="execute an analysis notebook (jupytext .py) with "
+                        "papermill; the pipeline's figure and table rules use it")
+    nb.add_argument("source", help="jupytext percent-format notebook, e.g. notebooks/fig3.py")
+    nb.add_argument("output", help="executed notebook (.ipynb) to write")
+    nb.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="papermill parameters; values are read as YAML (3, [200, 400], text)")
+    nb.set_defaults(func=_notebook)
     return parser
 
 

@@ -19,6 +19,7 @@ The loop is objective-agnostic: it never asks which objective it runs.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -360,13 +361,34 @@ class Trainer:
         return row
 
 
+class _ProgressLines:
+    """Where stderr is a file (a pipeline job's log), one plain line per epoch instead of a
+    progress bar: tqdm's carriage returns make a log unreadable."""
+
+    def __init__(self, total: int, done: int, desc: str) -> None:
+        self.total, self.done, self.desc, self.postfix = total, done, desc, {}
+
+    def update(self, steps: int) -> None:
+        self.done += steps
+
+    def set_postfix(self, ret: str, sps: str) -> None:
+        print(f"{self.desc}: {self.done}/{self.total} real steps "
+              f"({100 * self.done / self.total:.0f} %), {sps} steps/s, return {ret}",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _progress_bar(total: int, done: int, enabled: bool, cfg: RunConfig):
     if not enabled:
         return None
+    desc = f"{cfg.env}/{cfg.objective}/{cfg.seed}"
+    if not sys.stderr.isatty():
+        return _ProgressLines(total, done, desc)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, unit="step",
-                desc=f"{cfg.env}/{cfg.objective}/{cfg.seed}")
+    return tqdm(total=total, initial=done, unit="step", desc=desc)
 
 
 def train(cfg: RunConfig, progress: bool = False,

@@ -31,13 +31,16 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda fh: pd.DataFrame(rows).to_csv(fh, index=False))
 
 
-def git_commit() -> str:
-    """Commit of the checkout this package runs from ('unknown' outside git)."""
+def git_commit(where: Path | None = None) -> str:
+    """Commit of the checkout that holds ``where`` (default: this package), with '-dirty' if
+    tracked files changed; 'unknown' outside git."""
+    cwd = Path(where) if where is not None else Path(__file__).parent
+    cwd = cwd if cwd.is_dir() else cwd.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd,
                              capture_output=True, text=True, timeout=10, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).parent, capture_output=True, text=True,
+                               cwd=cwd, capture_output=True, text=True,
                                timeout=10).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -1,40 +1,21 @@
-# Runs -> tidy summary tables (`tom aggregate`), and the notebook runner shared by the figure
-# and table rules: the jupytext percent-format .py is converted to .ipynb in a temporary
-# folder, executed by papermill with parameters, and the executed notebook kept under
-# results/notebooks/. The git commit is read when the notebook runs (not a rule parameter),
-# so a commit or an edit elsewhere does not rerun every figure; each figure names it.
-
-ANALYSIS_CODE = ["src/tom/analysis/style.py", "src/tom/analysis/stats.py"]
-
-
-def notebook_parameters(**values):
-    """Papermill parameters as one JSON (= YAML) document, passed with `-y`."""
-    return json.dumps({"preset": config["preset"], **values}, sort_keys=True)
-
-
-RUN_NOTEBOOK = (
-    'commit=$(git rev-parse HEAD 2>/dev/null || echo unknown); '
-    'if [ "$commit" != unknown ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; '
-    'then commit="$commit-dirty"; fi; '
-    'tmp=$(mktemp -d); trap \'rm -rf "$tmp"\' EXIT; '
-    'jupytext --to ipynb --output "$tmp/notebook.ipynb" {input.notebook} > {log} 2>&1; '
-    'papermill "$tmp/notebook.ipynb" {output.notebook} --kernel python3 --cwd . '
-    '--no-progress-bar --log-output -y {params.parameters:q} -r commit "$commit" '
-    '>> {log} 2>&1'
-)
+# Runs -> tidy summary tables (`tom aggregate`), and the tables notebook. Notebooks run
+# through `tom notebook` (jupytext source, papermill execution, the commit of this checkout
+# as a parameter); the executed notebooks are kept under results/notebooks/.
 
 
 rule aggregate:
     input:
-        [f"{RUN_DIR.format(env=e, objective=o, seed=s)}/{name}"
-         for e, o, s in RUNS for name in ("config.json", "metrics.csv", "weights.csv")],
+        run_outputs,
     output:
-        **SUMMARY,
+        **{name: report(path, category="Summary tables") if name == "provenance" else path
+           for name, path in SUMMARY.items()},
     params:
         runs=[RUN_DIR.format(env=e, objective=o, seed=s) for e, o, s in RUNS],
-        out=SUMMARY_DIR,
+        out=lambda wildcards, output: os.path.dirname(output.returns),
     log:
         "logs/aggregate.log",
+    conda:
+        "../envs/tom.yaml"
     shell:
         "tom aggregate --runs {params.runs} --out {params.out} > {log} 2>&1"
 
@@ -48,17 +29,18 @@ rule tables_notebook:
         provenance=SUMMARY["provenance"],
         code=ANALYSIS_CODE + ["src/tom/analysis/tables.py"],
     output:
-        returns="paper/tables/returns.tex",
-        hyperparameters="paper/tables/hyperparameters.tex",
-        compute="paper/tables/compute.tex",
-        provenance="paper/tables/provenance.tex",
+        **{name: report(f"paper/tables/{name}.tex", caption="../report/table.rst",
+                        category="Tables", labels={"table": name})
+           for name in TABLE_NAMES},
         notebook="results/notebooks/tables.ipynb",
     params:
         parameters=lambda wildcards, output: notebook_parameters(
-            summary_dir=SUMMARY_DIR, budgets=config["budgets"],
-            returns_tex=output.returns, hyperparameters_tex=output.hyperparameters,
-            compute_tex=output.compute, provenance_tex=output.provenance),
+            summary_dir=os.path.dirname(SUMMARY["returns"]), budgets=config["budgets"],
+            **{f"{name}_tex": output[name] for name in TABLE_NAMES}),
     log:
         "logs/notebooks/tables.log",
+    conda:
+        "../envs/tom.yaml"
     shell:
-        RUN_NOTEBOOK
+        "tom notebook {input.notebook} {output.notebook} --param {params.parameters:q} "
+        "> {log} 2>&1"

@@ -1,86 +1,46 @@
-# One notebook per figure family; each reads only results/summary/ (fig1 reads nothing: it
-# is the derivation of ALGORITHM.md §3-§4, checked on exact tabular MDPs).
+# One rule for every figure: FIGURE_NOTEBOOKS (workflow/rules/common.smk) says which notebook
+# draws it and which summary tables it reads. `snakemake figures/fig3.pdf` builds one figure
+# and only what it needs.
 
 
-rule fig1_derivation:
+rule figure:
     input:
-        notebook="notebooks/derivation.py",
-        code=ANALYSIS_CODE + ["src/tom/tabular.py", "src/tom/objectives/tom.py"],
+        unpack(figure_inputs),
     output:
-        fig="figures/fig1.pdf",
-        notebook="results/notebooks/derivation.ipynb",
+        fig=report("figures/{figure}.pdf", caption="../report/figure.rst", category="Figures",
+                   labels={"figure": "{figure}"}),
+        notebook="results/notebooks/{figure}.ipynb",
     params:
-        parameters=lambda wildcards, output: notebook_parameters(fig_path=output.fig),
+        parameters=figure_parameters,
     log:
-        "logs/notebooks/derivation.log",
+        "logs/notebooks/{figure}.log",
+    wildcard_constraints:
+        figure="|".join(FIGURE_NOTEBOOKS),
+    conda:
+        "../envs/tom.yaml"
     shell:
-        RUN_NOTEBOOK
+        "tom notebook {input.notebook} {output.notebook} --param {params.parameters:q} "
+        "> {log} 2>&1"
 
 
-rule fig2_weights:
+# Figure 6 also writes a table (the same statistics in numbers), so it has a rule of its own.
+rule fig6_reliable:
     input:
-        notebook="notebooks/fig2_weights.py",
-        weights=SUMMARY["weights"],
-        model_error=SUMMARY["model_error"],
-        code=ANALYSIS_CODE,
-    output:
-        fig="figures/fig2.pdf",
-        notebook="results/notebooks/fig2_weights.ipynb",
-    params:
-        parameters=lambda wildcards, output: notebook_parameters(
-            summary_dir=SUMMARY_DIR, fig_path=output.fig),
-    log:
-        "logs/notebooks/fig2_weights.log",
-    shell:
-        RUN_NOTEBOOK
-
-
-rule fig3_returns:
-    input:
-        notebook="notebooks/fig3_returns.py",
+        notebook="notebooks/fig6_reliable.py",
         returns=SUMMARY["returns"],
-        code=ANALYSIS_CODE,
+        code=ANALYSIS_CODE + ["src/tom/analysis/tables.py"],
     output:
-        fig="figures/fig3.pdf",
-        notebook="results/notebooks/fig3_returns.ipynb",
+        fig=report("figures/fig6.pdf", caption="../report/fig6.rst", category="Figures"),
+        table=report("paper/tables/reliable.tex", caption="../report/fig6.rst",
+                     category="Tables"),
+        notebook="results/notebooks/fig6.ipynb",
     params:
         parameters=lambda wildcards, output: notebook_parameters(
-            summary_dir=SUMMARY_DIR, fig_path=output.fig),
+            summary_dir=SUMMARY_DIR, fig_path=output.fig, table_path=output.table),
     log:
-        "logs/notebooks/fig3_returns.log",
+        "logs/notebooks/fig6.log",
+    conda:
+        "../envs/tom.yaml"
     shell:
-        RUN_NOTEBOOK
-
-
-rule fig4_model_error:
-    input:
-        notebook="notebooks/fig4_model_error.py",
-        model_error=SUMMARY["model_error"],
-        code=ANALYSIS_CODE,
-    output:
-        fig="figures/fig4.pdf",
-        notebook="results/notebooks/fig4_model_error.ipynb",
-    params:
-        parameters=lambda wildcards, output: notebook_parameters(
-            summary_dir=SUMMARY_DIR, fig_path=output.fig),
-    log:
-        "logs/notebooks/fig4_model_error.log",
-    shell:
-        RUN_NOTEBOOK
-
-
-rule fig5_ablations:
-    input:
-        notebook="notebooks/fig5_ablations.py",
-        returns=SUMMARY["returns"],
-        code=ANALYSIS_CODE,
-    output:
-        fig="figures/fig5.pdf",
-        notebook="results/notebooks/fig5_ablations.ipynb",
-    params:
-        parameters=lambda wildcards, output: notebook_parameters(
-            summary_dir=SUMMARY_DIR, fig_path=output.fig),
-    log:
-        "logs/notebooks/fig5_ablations.log",
-    shell:
-        RUN_NOTEBOOK
+        "tom notebook {input.notebook} {output.notebook} --param {params.parameters:q} "
+        "> {log} 2>&1"

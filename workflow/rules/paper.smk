@@ -14,6 +14,8 @@ rule paper:
         "logs/paper.log",
     params:
         no_tex=NO_TEX,
+    conda:
+        "../envs/tex.yaml"
     shell:
         """
         mkdir -p build/paper

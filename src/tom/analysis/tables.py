@@ -121,16 +121,31 @@ def returns_at_budgets(returns: pd.DataFrame, budgets: Iterable[int]) -> pd.Data
                                        "return_mean"])
 
 
+IQM_MIN_SEEDS = 4  # below, int(0.25 n) = 0 seeds are trimmed at each end: the IQM is the mean
+
+
+def shows_iqm(summary: pd.DataFrame) -> bool:
+    """Whether the returns table has an IQM column: only if some task, method and budget has
+    at least ``IQM_MIN_SEEDS`` seeds (with fewer the IQM trims nothing and equals the mean)."""
+    return bool((summary["n"] >= IQM_MIN_SEEDS).any())
+
+
 def returns_table(returns: pd.DataFrame, budgets: Sequence[int], n_boot: int = stats.N_BOOT
                   ) -> tuple[str, pd.DataFrame]:
-    """Mean ± std and IQM [95 % CI] of the return per task, method and budget (LaTeX, data)."""
+    """Mean ± std, and IQM [95 % CI] where it differs from the mean (``shows_iqm``), of the
+    return per task, method and budget (LaTeX, data). Caption: ``returns_caption``."""
     at = returns_at_budgets(returns, budgets)
     summary = stats.summarise(at, ["env", "objective", "budget"], "return_mean", n_boot=n_boot)
+    show_iqm = shows_iqm(summary)
+    per_budget = 2 if show_iqm else 1
     envs = task_order(returns["env"].unique())
-    cols = "ll" + "rr" * len(budgets)
-    head1 = " & ".join([r"\multicolumn{2}{c}{" + fmt_steps(b) + " real steps}" for b in budgets])
-    rules = "".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(budgets)))
-    head2 = " & ".join([r"mean $\pm$ std & IQM [95\,\% CI]"] * len(budgets))
+    cols = "ll" + "r" * per_budget * len(budgets)
+    head1 = " & ".join([r"\multicolumn{" + str(per_budget) + "}{c}{" + fmt_steps(b)
+                        + " real steps}" for b in budgets])
+    rules = "".join(rf"\cmidrule(lr){{{3 + per_budget * i}-{2 + per_budget * (i + 1)}}}"
+                    for i in range(len(budgets)))
+    head2 = " & ".join([r"mean $\pm$ std" + (r" & IQM [95\,\% CI]" if show_iqm else "")]
+                       * len(budgets))
     lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",
              rf" & & {head1} \\", rules, rf"Task & Method & {head2} \\", r"\midrule"]
     for k, env in enumerate(envs):
@@ -149,15 +164,17 @@ def returns_table(returns: pd.DataFrame, budgets: Sequence[int], n_boot: int = s
                 s = summary[(summary["env"] == env) & (summary["objective"] == method)
                             & (summary["budget"] == b)]
                 if s.empty:
-                    cells += ["--", "--"]
+                    cells += ["--"] * per_budget
                     continue
                 r = s.iloc[0]
                 mean = fmt(r["mean"], d) + (rf" $\pm$ {fmt(r['std'], d)}" if r["n"] > 1 else "")
                 if method in best.get(b, ()):
                     mean = r"\textbf{" + mean + "}"
-                iqm = fmt(r["iqm"], d) + (f" [{fmt(r['iqm_lo'], d)}, {fmt(r['iqm_hi'], d)}]"
-                                          if r["n"] > 1 else "")
-                cells += [mean, iqm]
+                cells.append(mean)
+                if show_iqm:
+                    cells.append(fmt(r["iqm"], d)
+                                 + (f" [{fmt(r['iqm_lo'], d)}, {fmt(r['iqm_hi'], d)}]"
+                                    if r["n"] > 1 else ""))
             lines.append(" & ".join(cells) + r" \\")
         if k < len(envs) - 1:
             lines.append(r"\midrule")
@@ -165,6 +182,68 @@ def returns_table(returns: pd.DataFrame, budgets: Sequence[int], n_boot: int = s
         lines.append(r"\multicolumn{" + str(len(cols)) + r"}{c}{no runs} \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines), summary
+
+
+def returns_caption(summary: pd.DataFrame, unreached: Sequence[int] = ()) -> str:
+    """The caption of ``returns_table``: what the columns are, and why the IQM is missing when
+    it is; ``unreached``: budgets beyond every run."""
+    text = (r"Evaluation return at fixed real-step budgets (preset \texttt{\TomPreset}): mean "
+            r"$\pm$ standard deviation over seeds")
+    if shows_iqm(summary):
+        text += (r", and the interquartile mean (IQM) with its 95\,\% percentile-bootstrap "
+                 r"interval over seeds")
+        if (summary["n"] < IQM_MIN_SEEDS).any():
+            text += (rf" (with fewer than {IQM_MIN_SEEDS} seeds the IQM trims nothing and "
+                     r"equals the mean)")
+    text += r". Bold: highest mean per task and budget. --: no run of that task reached the budget."
+    if not shows_iqm(summary) and len(summary):
+        most = int(summary["n"].max())
+        text += (rf" No interquartile mean (IQM) column: with {most} seed"
+                 f"{'s' if most != 1 else ''} or fewer per task and method it trims "
+                 rf"$\lfloor n/4\rfloor = 0$ seeds at each end and equals the mean (it needs "
+                 rf"at least {IQM_MIN_SEEDS} seeds).")
+    if unreached:
+        names = ", ".join(fmt_steps(b) for b in unreached)
+        text += (f" The {names} budget{'s are' if len(unreached) > 1 else ' is'} beyond every "
+                 "run of this preset.")
+    return text
+
+
+# -- aggregate metrics across tasks (Figure 6) -------------------------------------------------
+
+
+def _with_ci(value: float, lo: float, hi: float, digits: int = 2) -> str:
+    """'0.62 [0.48, 0.73]', or the value alone where there is no interval."""
+    text = fmt(value, digits)
+    if math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+    return text
+
+
+def reliable_table(intervals: pd.DataFrame, improvements: pd.DataFrame,
+                   reference: str = "tom") -> str:
+    """One row per method: runs per task, IQM, mean and optimality gap of the normalised
+    scores and P(reference > method), each with its 95 % interval (``stats.aggregate_intervals``
+    and ``stats.improvement_probabilities``)."""
+    ref = latex_escape(label(reference))
+    lines = [r"\begin{tabular}{lrrrrr}", r"\toprule",
+             r" & & \multicolumn{3}{c}{normalised score [95\,\% CI]} & \\",
+             r"\cmidrule(lr){3-5}",
+             r"Method & Runs per task & IQM & Mean & Optimality gap & "
+             rf"P({ref} $>$ method) [95\,\% CI] \\", r"\midrule"]
+    methods = order(intervals["method"].unique())
+    for method in methods:
+        m = intervals[intervals["method"] == method].set_index("metric")
+        cells = [latex_escape(label(method)), str(int(m["n_runs"].iloc[0]))]
+        cells += [_with_ci(m.loc[k, "value"], m.loc[k, "ci_lo"], m.loc[k, "ci_hi"])
+                  for k in stats.METRICS]
+        p = improvements[improvements["baseline"] == method]
+        cells.append(_with_ci(*p[["value", "ci_lo", "ci_hi"]].iloc[0]) if len(p) else "--")
+        lines.append(" & ".join(cells) + r" \\")
+    if not methods:
+        lines.append(r"\multicolumn{6}{c}{no method ran on every task} \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
 
 
 # -- hyperparameters ----------------------------------------------------------------------------
