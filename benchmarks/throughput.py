@@ -1,19 +1,29 @@
-"""Throughput of the loop's phases at paper-scale sizes (not a test; prints medians).
+"""Throughput of the training loop (not a test; prints medians). Two modes:
 
-Measures, on synthetic data of a task's dimensions with the paper preset's networks:
+``loop`` (the default; the same as ``tom bench``): the real training loop end to end at the
+paper preset. The replay buffer is first filled with ``--buffer-size`` random real
+transitions, the model fit once, then ``--steps`` real steps (whole epochs: refits, rollouts,
+SAC updates, evaluation) are timed; prints real steps/s and the seconds per phase, and with
+``--csv`` appends one row per measurement (with the git commit).
+
+    python benchmarks/throughput.py loop --env hopper --objective mle tom \
+        --buffer-size 20000 100000 --steps 1000 --threads 2 --csv benchmarks/throughput.csv
+
+``micro``: single operations at paper-scale sizes on synthetic data of a task's dimensions:
   - one SAC update (batch 256, 256×256 critics and actor)
   - one dynamics-model minibatch step (4×200 MDN or 7-member ensemble, batch 256)
   - one rollout step of 100 000 start states through the model (sampling + termination)
   - one TOM refit of the objective (discriminator + dual Q + weights) on a 20 000-transition
     buffer with a 1 000-transition recent window
 
-    python benchmarks/throughput.py [--env hopper] [--threads 1] [--repeats 5]
+    python benchmarks/throughput.py micro [--env hopper] [--threads 1] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -45,11 +55,16 @@ def synthetic(n: int, obs_dim: int, act_dim: int) -> Transition:
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] != "micro":
+        from tom.cli import main as tom_main
+
+        args = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "loop" else sys.argv[1:]
+        sys.exit(tom_main(["bench", *args]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="hopper")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(sys.argv[2:])
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     task = get_task(args.env)

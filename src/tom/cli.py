@@ -161,6 +161,28 @@ def _notebook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from tom.bench import format_row, measure_throughput
+
+    rows = []
+    for objective in args.objective:
+        for buffer_size in args.buffer_size:
+            row = measure_throughput(args.env, objective, buffer_size=buffer_size,
+                                     steps=args.steps, device=args.device, threads=args.threads,
+                                     preset=args.preset, overrides=args.set)
+            print(format_row(row), flush=True)
+            rows.append(row)
+    if args.csv:
+        import pandas as pd
+
+        from tom.outputs import git_commit
+
+        frame = pd.DataFrame(rows).assign(commit=git_commit())
+        path = Path(args.csv)
+        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run directories, or folders searched for them (default results/runs)")
     ag.add_argument("--out", default="results/summary", help="summary folder to write")
     ag.set_defaults(func=_aggregate)
+    be = sub.add_parser("bench", help="real steps per second of the training loop, by phase "
+                        "(after filling the buffer with random real transitions)")
+    be.add_argument("--env", default="hopper")
+    be.add_argument("--objective", nargs="+", default=["mle", "tom"])
+    be.add_argument("--preset", default="paper", choices=PRESETS)
+    be.add_argument("--buffer-size", type=int, nargs="+", default=[20_000], metavar="N")
+    be.add_argument("--steps", type=int, default=1000, help="timed real steps (whole epochs)")
+    be.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    be.add_argument("--threads", type=int, default=2)
+    be.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    be.add_argument("--csv", help="append one row per measurement to this CSV")
+    be.set_defaults(func=_bench)
     nb = sub.add_parser("notebook", help="execute an analysis notebook (jupytext .py) with "
                         "papermill; the pipeline's figure and table rules use it")
     nb.add_argument("source", help="jupytext percent-format notebook, e.g. notebooks/fig3.py")

@@ -1,0 +1,83 @@
+"""End-to-end throughput of the training loop (``tom bench``; benchmarks/throughput.py).
+
+Runs the real loop (`tom.mbpo.Trainer`), not synthetic pieces: the replay buffer is first
+filled to ``buffer_size`` real transitions (uniformly random actions in the real environment,
+the cheap part of a run), the model is fit once on them (the first fit from scratch is slower
+than the warm-started ones of a run, so it is not timed), and then ``steps`` real steps are
+timed through the loop (whole epochs: the refits, rollouts, SAC updates and the evaluation
+all happen as in a run). Reported: real steps per second (all timed steps over their wall
+time, and the median over the timed epochs) and the seconds per phase.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from tom.config import resolve, set_value
+from tom.mbpo import PHASES, Trainer
+
+
+def fill(trainer: Trainer, steps: int) -> None:
+    """``steps`` real transitions with uniformly random actions into the trainer's buffer."""
+    env, real = trainer.env, trainer.real
+    obs, _ = env.reset()
+    as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    real.add_initial_state(as_tensor(obs))
+    for _ in range(steps):
+        act = env.action_space.sample()
+        next_obs, reward, terminated, truncated, _ = env.step(act)
+        real.add(as_tensor(obs), as_tensor(act), float(reward), as_tensor(next_obs),
+                 float(terminated))
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset()
+            real.add_initial_state(as_tensor(obs))
+    trainer.obs = as_tensor(obs).to(trainer.device)
+    trainer.env_steps = steps
+
+
+def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
+                       steps: int = 1000, device: str = "cpu", threads: int = 1,
+                       preset: str = "paper", overrides: list[str] | None = None
+                       ) -> dict[str, Any]:
+    """Time ``steps`` real steps (rounded up to whole epochs) after a ``buffer_size`` fill."""
+    torch.set_num_threads(threads)
+    cfg = resolve(env, objective, preset=preset, overrides=overrides or [], device=device)
+    length = cfg.schedule.epoch_length
+    if buffer_size % length or buffer_size < cfg.schedule.init_steps:
+        raise ValueError(f"--buffer-size = {buffer_size} must be a multiple of the epoch length "
+                         f"{length} and >= schedule.init_steps = {cfg.schedule.init_steps}")
+    epochs = math.ceil(steps / length)
+    set_value(cfg, "schedule.epochs", buffer_size // length + epochs)
+    trainer = Trainer(cfg)
+    fill(trainer, buffer_size)
+    trainer.epoch = buffer_size // length
+    start = time.perf_counter()
+    trainer._refit()  # the first fit from scratch: not part of a run's steady state
+    first_fit = time.perf_counter() - start
+    trainer.times.clear()
+    start = time.perf_counter()
+    result = trainer.run()
+    wall = time.perf_counter() - start
+    timed = result.metrics
+    return {
+        "env": env, "objective": objective, "device": device, "threads": threads,
+        "buffer_size": buffer_size, "steps": epochs * length,
+        "steps_per_s": epochs * length / wall,
+        "steps_per_s_median_epoch": statistics.median(row["sps"] for row in timed),
+        "first_fit_s": first_fit, "wall_s": wall,
+        **{f"time_{phase}": trainer.times[phase] for phase in PHASES},
+    }
+
+
+def format_row(row: dict[str, Any]) -> str:
+    phases = ", ".join(f"{p} {row[f'time_{p}']:.1f}" for p in PHASES)
+    return (f"{row['env']}/{row['objective']} {row['device']} {row['threads']} thread(s), "
+            f"buffer {row['buffer_size']}: {row['steps_per_s']:.2f} real steps/s "
+            f"(median epoch {row['steps_per_s_median_epoch']:.2f}) over {row['steps']} steps; "
+            f"seconds: {phases}")

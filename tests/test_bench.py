@@ -1,0 +1,33 @@
+"""`tom bench`: the end-to-end throughput measurement times whole epochs of the real loop."""
+
+import pandas as pd
+import pytest
+
+from tom.bench import measure_throughput
+from tom.cli import main
+from tom.mbpo import PHASES
+
+
+def test_bench_times_whole_epochs_of_every_phase():
+    row = measure_throughput("hopper", "tom", buffer_size=400, steps=150, preset="smoke",
+                             overrides=["schedule.epochs=2"])
+    assert row["steps"] == 200  # 150 rounded up to one 200-step epoch
+    phases = [row[f"time_{p}"] for p in PHASES]
+    assert all(t > 0 for t in phases), dict(zip(PHASES, phases, strict=True))
+    assert sum(phases) <= row["wall_s"] * 1.01
+    assert row["steps_per_s"] == pytest.approx(200 / row["wall_s"])
+
+
+def test_bench_cli_appends_csv_rows(tmp_path, capsys):
+    csv = tmp_path / "bench.csv"
+    argv = ["bench", "--env", "inverted_pendulum", "--objective", "mle", "--preset", "smoke",
+            "--buffer-size", "200", "--steps", "200", "--threads", "1", "--csv", str(csv)]
+    assert main(argv) == 0 and main(argv) == 0
+    rows = pd.read_csv(csv)
+    assert len(rows) == 2 and {"steps_per_s", "time_sac", "commit"} <= set(rows.columns)
+    assert "real steps/s" in capsys.readouterr().out
+
+
+def test_bench_rejects_a_buffer_that_is_not_whole_epochs():
+    with pytest.raises(ValueError, match="multiple of the epoch length"):
+        measure_throughput("hopper", "mle", buffer_size=250, steps=200, preset="smoke")
