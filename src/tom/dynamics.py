@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from tom.buffer import Transition, weighted_indices
 from tom.config import ModelConfig
+from tom.optim import adam
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -399,7 +400,7 @@ class DynamicsModel(nn.Module, ABC):
         self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
         if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+            self._optimizer = adam(self.parameters(), lr=cfg.lr)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
 
         best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
@@ -462,7 +463,7 @@ class DynamicsModel(nn.Module, ABC):
         self.mean_only = bool(state["mean_only"])
         self._optimizer = None
         if state["optimizer"] is not None:
-            self._optimizer = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+            self._optimizer = adam(self.parameters(), lr=self.cfg.lr)
             self._optimizer.load_state_dict(state["optimizer"])
 
 

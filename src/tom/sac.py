@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from tom.buffer import Transition
 from tom.config import SACConfig
+from tom.optim import adam
 
 # Haarnoja et al.'s and MBPO's bounds: wide enough to be inactive in practice, they only stop
 # the standard deviation from collapsing to zero or exploding while the critics are poor.
@@ -143,9 +144,9 @@ class SAC:
                                       requires_grad=True)
         self.target_entropy = float(-act_dim if cfg.target_entropy is None
                                     else cfg.target_entropy)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=cfg.lr)
+        self.alpha_opt = adam([self.log_alpha], lr=cfg.lr)
         self.num_updates = 0
 
     @property

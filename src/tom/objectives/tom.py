@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from tom.buffer import ReplayBuffer, Transition
 from tom.config import TOMConfig
 from tom.objectives.base import RefitContext, ReweightingObjective
+from tom.optim import adam
 from tom.sac import mlp, xavier_init_
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
@@ -163,7 +164,7 @@ def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_d
     """
     device = buf.device
     disc = Discriminator(obs_dim, act_dim, cfg.disc_hidden, buf.all()).to(device)
-    opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
+    opt = adam(disc.parameters(), lr=cfg.disc_lr)
     recent_idx = torch.nonzero(recent).squeeze(-1)
     n_recent = recent_idx.numel()
     for _ in range(cfg.disc_passes):
@@ -238,8 +239,8 @@ class TOMObjective(ReweightingObjective):
         super().__init__(cfg, obs_dim, act_dim)
         self.tom, self.gamma = cfg.tom, cfg.sac.gamma
         self.q = DualQ(obs_dim, act_dim, self.tom.dual_hidden, self.tom.dual_init).to(self.device)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=self.tom.dual_lr,
-                                      weight_decay=self.tom.dual_weight_decay)
+        self.q_opt = adam(self.q.parameters(), lr=self.tom.dual_lr,
+                          weight_decay=self.tom.dual_weight_decay)
         self.rounds = 0
         self.raw_weights: Tensor | None = None  # f*'(e) before the clip
 
@@ -253,8 +254,9 @@ class TOMObjective(ReweightingObjective):
         buf = ctx.buffer
         recent = buf.recent_mask(self.tom.recent_window)
         disc_stats, rho_fn = self._shaping_reward(buf, recent)
-        dual_stats = self._train_dual(buf, ctx.agent, rho_fn, recent)
-        self.raw_weights = self._all_weights(buf, ctx.agent, rho_fn, recent)
+        rho = self._rho_all(buf, rho_fn, recent)
+        dual_stats = self._train_dual(buf, ctx.agent, rho)
+        self.raw_weights = self._all_weights(buf, ctx.agent, rho)
         self.weights = torch.clamp(self.raw_weights, max=self.tom.w_max)
         self.rounds += 1
         self._stats = {**disc_stats, **dual_stats, "tom_rounds": float(self.rounds)}
@@ -270,8 +272,17 @@ class TOMObjective(ReweightingObjective):
         stats = discriminator_statistics(disc, buf, recent)
         return stats, lambda batch, is_recent: disc(sas(batch))
 
+    # ρ is fixed while the dual trains: computed once for the whole buffer, in large batches,
+    # rather than once per dual minibatch (1 000 × 256 rows at the paper preset).
+    @torch.no_grad()
+    def _rho_all(self, buf: ReplayBuffer, rho_fn, recent: Tensor, chunk: int = 65_536
+                 ) -> Tensor:
+        data = buf.all()
+        return torch.cat([rho_fn(data.index(slice(lo, lo + chunk)), recent[lo:lo + chunk])
+                          for lo in range(0, data.size, chunk)])
+
     # Step 2: Adam steps on the dual, warm-started from the last round.
-    def _train_dual(self, buf: ReplayBuffer, agent, rho_fn, recent: Tensor) -> dict[str, float]:
+    def _train_dual(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> dict[str, float]:
         t = self.tom
         n = len(buf)
         loss = torch.zeros(())
@@ -280,7 +291,7 @@ class TOMObjective(ReweightingObjective):
             batch = buf.get(idx)
             s0 = buf.sample_initial_states(t.dual_batch)
             with torch.no_grad():
-                rho = rho_fn(batch, recent[idx])
+                rho = rho_all[idx]
                 a0, _ = agent.sample(s0)
             residual = dual_residual(rho, self.q(batch.obs, batch.act),
                                      next_value(self.q, agent, batch.next_obs,
@@ -294,13 +305,13 @@ class TOMObjective(ReweightingObjective):
 
     # Step 3: unclipped weights for every transition in R, batched, no grad.
     @torch.no_grad()
-    def _all_weights(self, buf: ReplayBuffer, agent, rho_fn, recent: Tensor,
+    def _all_weights(self, buf: ReplayBuffer, agent, rho_all: Tensor,
                      chunk: int = 65_536) -> Tensor:
         data, parts = buf.all(), []
         for lo in range(0, data.size, chunk):
             sl = slice(lo, lo + chunk)
             batch = data.index(sl)
-            residual = dual_residual(rho_fn(batch, recent[sl]), self.q(batch.obs, batch.act),
+            residual = dual_residual(rho_all[sl], self.q(batch.obs, batch.act),
                                      next_value(self.q, agent, batch.next_obs,
                                                 self.tom.next_action_samples),
                                      batch.done, self.gamma)
