@@ -26,28 +26,16 @@ from pathlib import Path
 import torch
 
 from tom import checkpoint
+from tom.bench import fill
 from tom.buffer import Transition
 from tom.config import resolve
 from tom.mbpo import Trainer
 
 
-def fill(trainer: Trainer, steps: int) -> None:
-    env, real = trainer.env, trainer.real
-    obs, _ = env.reset()
-    real.add_initial_state(torch.as_tensor(obs, dtype=torch.float32))
-    for _ in range(steps):
-        act = env.action_space.sample()
-        next_obs, reward, terminated, truncated, _ = env.step(act)
-        real.add(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(act),
-                 float(reward), torch.as_tensor(next_obs, dtype=torch.float32), float(terminated))
-        obs = next_obs
-        if terminated or truncated:
-            obs, _ = env.reset()
-            real.add_initial_state(torch.as_tensor(obs, dtype=torch.float32))
-    trainer.obs = torch.as_tensor(obs, dtype=torch.float32)
-    trainer.env_steps = steps
-    cap, obs_dim = trainer.imagined.capacity, real.all().obs.shape[1]
-    act_dim = real.all().act.shape[1]
+def fill_model_buffer(trainer: Trainer) -> None:
+    """The model buffer to its capacity (its size in a run after the first epoch)."""
+    cap, real = trainer.imagined.capacity, trainer.real.all()
+    obs_dim, act_dim = real.obs.shape[1], real.act.shape[1]
     trainer.imagined.add_batch(Transition(torch.randn(cap, obs_dim), torch.randn(cap, act_dim),
                                           torch.randn(cap), torch.randn(cap, obs_dim),
                                           torch.zeros(cap)))
@@ -70,6 +58,7 @@ def main() -> None:
     for steps in args.steps:
         trainer = Trainer(cfg)
         fill(trainer, steps)
+        fill_model_buffer(trainer)
         writes, resumes = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()

@@ -187,8 +187,9 @@ class Trainer:
             "agent": self.agent.state_dict(), "model": self.model.training_state(),
             "objective": self.objective.state_dict(),
             "real": self.real.state_dict(), "imagined": self.imagined.state_dict(),
-            "env": env_state(self.env), "eval_env_rng": self.eval_env.unwrapped.np_random
-            .bit_generator.state, "rng": rng_state(),
+            "env": env_state(self.env),
+            "eval_env_rng": self.eval_env.unwrapped.np_random.bit_generator.state,
+            "rng": rng_state(),
             "obs": self.obs, "env_steps": self.env_steps, "model_fitted": self.model_fitted,
             "epoch": self.epoch, "epoch_step": self.epoch_step,
             "epoch_updates": self.epoch_updates, "epoch_time": self.epoch_time,
@@ -366,7 +367,7 @@ class _ProgressLines:
     progress bar: tqdm's carriage returns make a log unreadable."""
 
     def __init__(self, total: int, done: int, desc: str) -> None:
-        self.total, self.done, self.desc, self.postfix = total, done, desc, {}
+        self.total, self.done, self.desc = total, done, desc
 
     def update(self, steps: int) -> None:
         self.done += steps
