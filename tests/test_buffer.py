@@ -91,6 +91,27 @@ def test_weighted_sampling_frequencies_match_weights():
     assert chi2 < 24.32 and math.isfinite(chi2)  # chi2.ppf(0.999, df=7)
 
 
+def test_minibatches_drawn_at_once_are_whole_independent_uniform_rows():
+    """`sample_minibatches(count, batch)`: [count, batch, ...] fields whose rows are stored
+    transitions (all fields of one row agree), uniform over the buffer, and drawn afresh for
+    every minibatch (not one draw repeated)."""
+    torch.manual_seed(0)
+    buf = ReplayBuffer(8, 2, 1)
+    _fill(buf, 8)
+    batches = buf.sample_minibatches(5_000, 40)
+    assert batches.obs.shape == (5_000, 40, 2) and batches.act.shape == (5_000, 40, 1)
+    assert batches.reward.shape == batches.done.shape == (5_000, 40)
+    i = batches.reward
+    assert torch.equal(batches.obs, i[..., None].expand(-1, -1, 2))
+    assert torch.equal(batches.act[..., 0], -i) and torch.equal(batches.next_obs[..., 0], i + 0.5)
+    assert torch.equal(batches.done, i.remainder(2))
+    counts = torch.bincount(i.long().flatten(), minlength=8).double()
+    expected = i.numel() / 8
+    assert ((counts - expected) ** 2 / expected).sum().item() < 24.32  # chi2.ppf(0.999, 7)
+    same = (i[1:] == i[:-1]).all(1).float().mean().item()
+    assert same < 0.01  # identical consecutive minibatches: (1/8)^40 by chance
+
+
 def test_sample_weighted_rejects_misaligned_weights():
     buf = ReplayBuffer(8, 2, 1)
     _fill(buf, 5)

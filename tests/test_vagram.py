@@ -417,6 +417,38 @@ def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypa
     assert asked[-1] == 1
 
 
+def test_sac_block_minibatches_are_real_rows_then_model_rows_and_all_differ(monkeypatch):
+    """MBPO's mix (every minibatch): the first ⌊256 · 0.05⌋ rows are real transitions, the
+    rest model transitions, and each update of a block gets minibatches of its own."""
+    from tom.mbpo import Trainer
+
+    cfg = resolve("inverted_pendulum", "mle", preset="smoke")
+    trainer = Trainer(cfg)
+    obs = trainer._reset()
+    for _ in range(300):
+        obs = trainer._real_step(obs)
+    trainer._refit()
+    batches = []
+    monkeypatch.setattr(trainer.agent, "update", lambda batch: batches.append(batch) or {})
+    trainer._sac_block()
+    n_real = int(cfg.sac.batch_size * cfg.rollout.real_ratio)
+    assert len(batches) == cfg.schedule.update_block
+    real, imagined = trainer.real.all(), trainer.imagined.all()
+
+    def flat(t):  # one row per transition: [obs, act, reward, next_obs, done]
+        return torch.cat([t.obs, t.act, t.reward[:, None], t.next_obs, t.done[:, None]], 1)
+
+    def rows_of(part, data):  # every row of part is one of data's rows
+        dist = torch.cdist(flat(part), flat(data), compute_mode="donot_use_mm_for_euclid_dist")
+        return bool((dist.min(1).values == 0).all())
+
+    for batch in batches:
+        assert batch.size == cfg.sac.batch_size
+        head, tail = batch.index(slice(0, n_real)), batch.index(slice(n_real, None))
+        assert rows_of(head, real) and rows_of(tail, imagined) and not rows_of(tail, real)
+    assert len({tuple(b.reward.tolist()) for b in batches}) == len(batches)
+
+
 def test_smoke_run_paper_code(tmp_path):
     argv = ["train", "--env", "inverted_pendulum", "--objective", "vagram", "--preset", "smoke",
             "--out", str(tmp_path), "--quiet"]

@@ -129,6 +129,12 @@ class ReplayBuffer:
         self._require_data()
         return self.get(torch.randint(len(self), (batch_size,), device=self.device))
 
+    def sample_minibatches(self, count: int, batch_size: int) -> Transition:
+        """``count`` uniform minibatches with replacement, drawn at once: fields
+        [count, batch_size, ...] (one index draw and one gather instead of ``count``)."""
+        self._require_data()
+        return self.get(torch.randint(len(self), (count, batch_size), device=self.device))
+
     def sample_weighted(self, batch_size: int, weights: Tensor) -> Transition:
         """Minibatch drawn with probability proportional to ``weights`` (aligned with `all`)."""
         self._require_data()

@@ -315,17 +315,31 @@ class Trainer:
         # real part alone); MBPO mixes every one, and then no coin is drawn.
         learner_epoch = max(0, self.env_steps - 1 - sch.init_steps) // sch.epoch_length
         p_model = self.objective.model_batch_probability(learner_epoch)
-        for _ in range(sch.update_block):
-            mixed = n_real < sac.batch_size and (p_model >= 1.0
-                                                 or torch.rand(()).item() < p_model)
-            batch = Transition.cat([self.real.sample(n_real),
-                                    self.imagined.sample(sac.batch_size - n_real)]
-                                   ) if mixed else self.real.sample(n_real)
+        block = sch.update_block
+        if n_real == sac.batch_size:
+            mixed = [False] * block
+        elif p_model >= 1.0:
+            mixed = [True] * block
+        else:
+            mixed = (torch.rand(block) < p_model).tolist()
+        # The block's minibatches are drawn at once: [update, row, ...].
+        real = self.real.sample_minibatches(block, n_real)
+        n_mixed = sum(mixed)
+        model = (self.imagined.sample_minibatches(n_mixed, sac.batch_size - n_real)
+                 if n_mixed else None)
+        if n_mixed == block:
+            real = Transition(*(torch.cat(parts, 1) for parts in zip(real, model, strict=True)))
+            model = None
+        k = 0
+        for i in range(block):
+            batch = real.index(i)
+            if model is not None and mixed[i]:
+                batch, k = Transition.cat([batch, model.index(k)]), k + 1
             self.sac_stats = self.agent.update(batch)
         _require_finite("sac", self.env_steps,
                         **{f"SAC_{k.replace('_', ' ')}": v for k, v in self.sac_stats.items()})
         self.times["sac"] += time.perf_counter() - t0
-        return sch.update_block
+        return block
 
     @torch.no_grad()
     def _evaluate(self, epoch: int, epoch_updates: int, epoch_time: float, wall: float
