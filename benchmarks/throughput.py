@@ -16,7 +16,10 @@ SAC updates, evaluation) are timed; prints real steps/s and the seconds per phas
   - one TOM refit of the objective (discriminator + dual Q + weights) on a 20 000-transition
     buffer with a 1 000-transition recent window
 
-    python benchmarks/throughput.py micro [--env hopper] [--threads 1] [--repeats 5]
+    python benchmarks/throughput.py micro [--env hopper] [--threads 1] [--repeats 5] [--compile]
+
+With ``--compile`` the SAC losses and the model's minibatch loss are compiled (`tom.compile`);
+the first call's time (the compilation) is printed separately.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ from tom.objectives import RefitContext, make_objective
 from tom.sac import SAC
 
 
-def median_time(fn: Callable[[], object], repeats: int, inner: int = 1) -> float:
-    fn()  # warm-up
+def median_time(fn: Callable[[], object], repeats: int, inner: int = 1,
+                label: str = "") -> float:
+    start = time.perf_counter()
+    fn()  # warm-up (with --compile: the compilation)
+    if label:
+        print(f"  ({label}: first call {time.perf_counter() - start:.1f} s)")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -64,6 +71,7 @@ def main() -> None:
     parser.add_argument("--env", default="hopper")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="compile the inner steps")
     args = parser.parse_args(sys.argv[2:])
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -71,21 +79,23 @@ def main() -> None:
     cfg = resolve(args.env, "tom", preset="paper")
     o, a = task.obs_dim, task.act_dim
     print(f"{args.env}: obs {o}, act {a}; torch {torch.__version__}, {args.threads} thread(s); "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; {'compiled' if args.compile else 'eager'}")
 
-    agent = SAC(o, a, cfg.sac)
+    agent = SAC(o, a, cfg.sac, compile=args.compile)
     batch = synthetic(cfg.sac.batch_size, o, a)
-    t = median_time(lambda: agent.update(batch), args.repeats, inner=20)
+    t = median_time(lambda: agent.update(batch), args.repeats, inner=20,
+                    label="SAC update" if args.compile else "")
     per_step = t * cfg.schedule.updates_per_step * 1e3
     print(f"  SAC update (batch {cfg.sac.batch_size}):            {t * 1e3:8.2f} ms"
           f"  -> {cfg.schedule.updates_per_step:.0f} per real step: {per_step:.1f} ms")
 
     for kind in ("mdn", "ensemble"):
         cfg.model.kind = kind
-        model = make_model(cfg.model, o, a, task.termination, "cpu")
+        model = make_model(cfg.model, o, a, task.termination, "cpu", compile=args.compile)
         data = synthetic(20_000, o, a)
         cfg.model.max_epochs, cfg.model.steps_per_epoch = 1, 50
-        fit = median_time(lambda m=model, d=data: m.fit(d), max(1, args.repeats // 2))
+        fit = median_time(lambda m=model, d=data: m.fit(d), max(1, args.repeats // 2),
+                          label=f"{kind} fit" if args.compile else "")
         print(f"  model step ({kind:8s}, batch {cfg.model.batch_size}):   "
               f"{fit / 50 * 1e3:8.2f} ms")
         starts = synthetic(cfg.rollout.starts, o, a)

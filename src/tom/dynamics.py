@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tom.buffer import Transition, weighted_indices
+from tom.compile import compiled
 from tom.config import ModelConfig
 from tom.optim import adam
 
@@ -142,6 +143,8 @@ class DynamicsModel(nn.Module, ABC):
     """
 
     num_members: int = 1
+    # The minibatch loss `fit` steps on, compiled (`tom.compile`); None: `_objective` itself.
+    _step_objective: Callable[..., Tensor] | None = None
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig,
                  termination_fn: TerminationFn) -> None:
@@ -402,6 +405,7 @@ class DynamicsModel(nn.Module, ABC):
         if self._optimizer is None:
             self._optimizer = adam(self.parameters(), lr=cfg.lr)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
+        objective = self._step_objective or self._objective
 
         best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
         initial = best.mean().item()
@@ -414,7 +418,7 @@ class DynamicsModel(nn.Module, ABC):
             for _ in range(cfg.steps_per_epoch):
                 idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
                 wb = None if (resample or w_tr is None) else w_tr[idx]
-                loss = self._objective(x_tr[idx], y_tr[idx], wb,
+                loss = objective(x_tr[idx], y_tr[idx], wb,
                                        None if dw_tr is None else dw_tr[idx],
                                        None if ndw_tr is None else ndw_tr[idx])
                 opt.zero_grad(set_to_none=True)
@@ -650,8 +654,12 @@ _MODELS: dict[str, type[DynamicsModel]] = {
 
 
 def make_model(cfg: ModelConfig, obs_dim: int, act_dim: int, termination_fn: TerminationFn,
-               device: torch.device | str = "cpu") -> DynamicsModel:
-    """The dynamics model `cfg.kind` names, on `device`."""
+               device: torch.device | str = "cpu", compile: bool = False) -> DynamicsModel:
+    """The dynamics model `cfg.kind` names, on `device`; with ``compile``, its minibatch loss
+    compiled (`tom.compile`)."""
     if cfg.kind not in _MODELS:
         raise ValueError(f"model.kind must be one of {', '.join(_MODELS)}, got {cfg.kind!r}")
-    return _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)
+    model = _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)
+    if compile:
+        model._step_objective = compiled(model._objective, True)
+    return model

@@ -47,8 +47,8 @@ COLUMNS: dict[str, list[str]] = {
     "configs": [*IDS, "key", "value", "paper_value", "deviates"],
 }
 SUMMARY_FILES = (*(f"{name}.csv" for name in COLUMNS), "provenance.json")
-# Identity of a run, not a hyperparameter: left out of configs.csv.
-_NOT_HYPERPARAMETERS = {"env", "objective", "seed", "device", "preset"}
+# Identity of a run or how it was executed, not a hyperparameter: left out of configs.csv.
+_NOT_HYPERPARAMETERS = {"env", "objective", "seed", "device", "compile", "preset"}
 
 
 @dataclass

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tom.buffer import ReplayBuffer, Transition
+from tom.compile import compiled
 from tom.config import TOMConfig
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import adam
@@ -243,6 +244,8 @@ class TOMObjective(ReweightingObjective):
                           weight_decay=self.tom.dual_weight_decay)
         self.rounds = 0
         self.raw_weights: Tensor | None = None  # f*'(e) before the clip
+        self._dual_step_loss = (compiled(self.dual_minibatch_loss, True) if cfg.compile
+                                else None)
 
     def update(self, ctx: RefitContext) -> None:
         # Until the recent window holds N_π transitions of the learning policy, D^π is not a
@@ -286,22 +289,27 @@ class TOMObjective(ReweightingObjective):
         t = self.tom
         n = len(buf)
         loss = torch.zeros(())
+        step_loss = self._dual_step_loss or self.dual_minibatch_loss
         for _ in range(t.dual_steps):
             idx = torch.randint(n, (t.dual_batch,), device=self.device)
             batch = buf.get(idx)
             s0 = buf.sample_initial_states(t.dual_batch)
-            with torch.no_grad():
-                rho = rho_all[idx]
-                a0, _ = agent.sample(s0)
-            residual = dual_residual(rho, self.q(batch.obs, batch.act),
-                                     next_value(self.q, agent, batch.next_obs,
-                                                t.next_action_samples),
-                                     batch.done, self.gamma)
-            loss = dual_loss(self.q(s0, a0), residual, self.gamma, t.divergence)
+            loss = step_loss(agent, batch, rho_all[idx], s0)
             self.q_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.q_opt.step()
         return {"dual_loss": loss.item()}
+
+    def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
+        """The dual loss on one minibatch of R (with its ρ) and of initial states s0;
+        differentiable in the dual Q only (the policy's actions are drawn without grad)."""
+        with torch.no_grad():
+            a0, _ = agent.sample(s0)
+        residual = dual_residual(rho, self.q(batch.obs, batch.act),
+                                 next_value(self.q, agent, batch.next_obs,
+                                            self.tom.next_action_samples),
+                                 batch.done, self.gamma)
+        return dual_loss(self.q(s0, a0), residual, self.gamma, self.tom.divergence)
 
     # Step 3: unclipped weights for every transition in R, batched, no grad.
     @torch.no_grad()
