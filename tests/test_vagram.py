@@ -449,6 +449,25 @@ def test_sac_block_minibatches_are_real_rows_then_model_rows_and_all_differ(monk
     assert len({tuple(b.reward.tolist()) for b in batches}) == len(batches)
 
 
+def test_sac_block_reads_statistics_from_the_device_once(monkeypatch):
+    """The updates of a block hand their statistics over without a host read each: the block
+    reads them once, at its end, to check they are finite (a GPU synchronises once per block)."""
+    from tom.mbpo import Trainer
+
+    trainer = Trainer(resolve("inverted_pendulum", "mle", preset="smoke"))
+    obs = trainer._reset()
+    for _ in range(300):
+        obs = trainer._real_step(obs)
+    trainer._refit()
+    reads = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or original(self))
+    trainer._sac_block()
+    assert len(reads) == 1
+    assert set(trainer.sac_stats) == {"q_loss", "actor_loss", "alpha", "entropy"}
+    assert all(isinstance(v, float) for v in trainer.sac_stats.values())
+
+
 def test_smoke_run_paper_code(tmp_path):
     argv = ["train", "--env", "inverted_pendulum", "--objective", "vagram", "--preset", "smoke",
             "--out", str(tmp_path), "--quiet"]

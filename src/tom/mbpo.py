@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +112,7 @@ class Trainer:
         self.epoch, self.epoch_step, self.epoch_updates = 0, 0, 0
         self.epoch_time = self.wall_time = 0.0
         self.latest: dict[str, float] = {}  # last refit's measurements, carried into metrics
-        self.sac_stats: dict[str, float] = {}
+        self.sac_stats: Mapping[str, float] = {}
         self.times: dict[str, float] = defaultdict(float)
         self.result = TrainResult(agent=self.agent)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -127,6 +128,31 @@ def xavier_init_(module: nn.Module) -> None:
             layer.bias.zero_()
 
 
+class UpdateStats(Mapping[str, float]):
+    """One update's statistics, copied from the device only when first read: a loop that
+    looks at them once per block of updates synchronises with a GPU once per block, not once
+    per update."""
+
+    NAMES = ("q_loss", "actor_loss", "alpha", "entropy")
+
+    def __init__(self, values: Tensor) -> None:
+        self._values, self._floats = values, None
+
+    def _read(self) -> dict[str, float]:
+        if self._floats is None:
+            self._floats = dict(zip(self.NAMES, self._values.tolist(), strict=True))
+        return self._floats
+
+    def __getitem__(self, name: str) -> float:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
 class SAC:
     """The agent: actor, twin critics with Polyak targets, learned temperature, optimisers."""
 
@@ -206,7 +232,7 @@ class SAC:
         new_act, logp = self.sample(obs)
         return (alpha * logp - self.q(obs, new_act)).mean(), logp
 
-    def update(self, batch: Transition) -> dict[str, float]:
+    def update(self, batch: Transition) -> UpdateStats:
         """One gradient step on the critics, then the actor, then alpha; then Polyak targets."""
         obs = batch.obs
         alpha = self.alpha
@@ -241,11 +267,8 @@ class SAC:
                 target_p.lerp_(p, self.cfg.tau)
         self.num_updates += 1
 
-        # One host sync for all statistics.
-        stats = torch.stack([q_loss.detach(), actor_loss.detach(), self.alpha, -logp.mean()])
-        q_loss_f, actor_loss_f, alpha_f, entropy_f = stats.tolist()
-        return {"q_loss": q_loss_f, "actor_loss": actor_loss_f, "alpha": alpha_f,
-                "entropy": entropy_f}
+        return UpdateStats(torch.stack([q_loss.detach(), actor_loss.detach(), self.alpha,
+                                        -logp.mean()]))
 
     # -- checkpointing ---------------------------------------------------------------------
 
