@@ -61,6 +61,18 @@ def test_compilation_failure_falls_back_to_eager_once_with_a_warning(monkeypatch
     assert calls == {"compiled": 1, "eager": 2}
 
 
+def test_no_torch_compile_on_this_python_means_eager_with_a_warning(monkeypatch):
+    def unavailable(fn, **kwargs):
+        raise RuntimeError("torch.compile is not supported on Python 3.99+")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+
+    def fn(x):
+        return x + 1
+    with pytest.warns(RuntimeWarning, match="not available"):
+        assert compiled(fn, True) is fn
+
+
 def test_errors_of_the_function_itself_are_not_swallowed(monkeypatch):
     def bad(*args, **kwargs):
         raise ValueError("shape mismatch")

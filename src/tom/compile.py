@@ -31,7 +31,12 @@ def compiled(fn: F, enabled: bool) -> F:
     import torch._inductor.config
 
     torch._inductor.config.fallback_random = True
-    state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
+    try:
+        state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
+    except RuntimeError as err:  # e.g. a Python version that dynamo does not support
+        warnings.warn(f"torch.compile is not available ({err}); running without compilation",
+                      RuntimeWarning, stacklevel=2)
+        return fn
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
