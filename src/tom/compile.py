@@ -1,8 +1,9 @@
 """Optional `torch.compile` of the inner training steps (``compile: true`` in a run's config).
 
-Most of a step's time at the paper's sizes is per-operation overhead: many small elementwise
-kernels around a few matmuls, each with its own dispatch and autograd bookkeeping. Compiling
-a loss fuses them (forward and backward). What is compiled computes the same function; its
+Part of a step's time at the paper's sizes is per-operation overhead: small elementwise
+kernels around the matmuls, each with its own dispatch and autograd bookkeeping (on 2 CPU
+threads, a third of a SAC update and half of an MDN step). Compiling a loss fuses them
+(forward and backward). What is compiled computes the same function; its
 floating-point results differ from eager PyTorch in the last bits (fused kernels sum in
 another order), so a compiled run is deterministic but not bit-identical to an eager one, and
 `compile` is part of the run's config (a checkpoint of one does not resume the other).

@@ -248,9 +248,9 @@ class RunConfig:
     objective: str = _f("mle", "model-learning objective (see `tom envs`)")
     seed: _AtLeast0 = _f(0, "random seed")
     device: Literal["cpu", "cuda"] = _f("cpu", "torch device")
-    compile: bool = _f(False, "torch.compile the SAC losses, the model's minibatch loss and "
-                       "TOM's dual loss (tom.compile: faster steps, results equal to eager "
-                       "up to rounding)")
+    compile: bool = _f(False, "torch.compile the SAC critic loss, the model's minibatch loss "
+                       "and TOM's dual loss (tom.compile: faster steps, results equal to "
+                       "eager up to rounding)")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

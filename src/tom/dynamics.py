@@ -419,8 +419,8 @@ class DynamicsModel(nn.Module, ABC):
                 idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
                 wb = None if (resample or w_tr is None) else w_tr[idx]
                 loss = objective(x_tr[idx], y_tr[idx], wb,
-                                       None if dw_tr is None else dw_tr[idx],
-                                       None if ndw_tr is None else ndw_tr[idx])
+                                 None if dw_tr is None else dw_tr[idx],
+                                 None if ndw_tr is None else ndw_tr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
