@@ -31,6 +31,7 @@ import runpy
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ def main() -> None:
 
     rows = []
     for objective in args.objective:
-        log = Path(f"/tmp/paper_code_{args.env}_{objective}.log")
+        log = Path(tempfile.gettempdir()) / f"paper_code_{args.env}_{objective}.log"
         print(f"{args.env}/{objective}: the paper's code ({args.checkout}) ...", flush=True)
         paper = paper_code_epochs(args.checkout, args.env, objective, args.buffer_size,
                                   args.epochs, args.threads, log)
