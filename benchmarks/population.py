@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from throughput import median_time  # benchmarks/throughput.py, next to this script
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from tom.config import resolve
@@ -33,14 +32,8 @@ from tom.sac import SAC, StackedLinear, tanh_normal_log_prob
 
 
 def median_ms(fn: Callable[[], object], repeats: int, inner: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - start) / inner)
-    return 1e3 * statistics.median(times)
+    """`throughput.median_time` (this script's neighbour) in milliseconds."""
+    return 1e3 * median_time(fn, repeats, inner)
 
 
 def sac_losses(agent: SAC) -> tuple[Callable, Callable]:

@@ -385,17 +385,24 @@ def test_model_batch_probability_is_the_paper_codes_ramp():
     assert make_objective(mbpo, OBS, ACT).model_batch_probability(0) == 1.0
 
 
-def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypatch):
-    """The loop asks the objective once per block and mixes model data into a minibatch with
-    that probability; the others are their real part alone."""
+def _after_first_refit(cfg):
+    """A trainer 300 real steps in (200 random, 100 learner steps), its model just refit; and
+    the current observation."""
     from tom.mbpo import Trainer
 
-    cfg = resolve("inverted_pendulum", "vagram", preset="smoke")
     trainer = Trainer(cfg)
     obs = trainer._reset()
     for _ in range(300):
         obs = trainer._real_step(obs)
     trainer._refit()
+    return trainer, obs
+
+
+def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypatch):
+    """The loop asks the objective once per block and mixes model data into a minibatch with
+    that probability; the others are their real part alone."""
+    cfg = resolve("inverted_pendulum", "vagram", preset="smoke")
+    trainer, obs = _after_first_refit(cfg)
     sizes, asked = [], []
     monkeypatch.setattr(trainer.agent, "update", lambda batch: sizes.append(batch.size) or {})
     monkeypatch.setattr(trainer.objective, "model_batch_probability",
@@ -420,14 +427,8 @@ def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypa
 def test_sac_block_minibatches_are_real_rows_then_model_rows_and_all_differ(monkeypatch):
     """MBPO's mix (every minibatch): the first ⌊256 · 0.05⌋ rows are real transitions, the
     rest model transitions, and each update of a block gets minibatches of its own."""
-    from tom.mbpo import Trainer
-
     cfg = resolve("inverted_pendulum", "mle", preset="smoke")
-    trainer = Trainer(cfg)
-    obs = trainer._reset()
-    for _ in range(300):
-        obs = trainer._real_step(obs)
-    trainer._refit()
+    trainer, _ = _after_first_refit(cfg)
     batches = []
     monkeypatch.setattr(trainer.agent, "update", lambda batch: batches.append(batch) or {})
     trainer._sac_block()
@@ -452,13 +453,7 @@ def test_sac_block_minibatches_are_real_rows_then_model_rows_and_all_differ(monk
 def test_sac_block_reads_statistics_from_the_device_once(monkeypatch):
     """The updates of a block hand their statistics over without a host read each: the block
     reads them once, at its end, to check they are finite (a GPU synchronises once per block)."""
-    from tom.mbpo import Trainer
-
-    trainer = Trainer(resolve("inverted_pendulum", "mle", preset="smoke"))
-    obs = trainer._reset()
-    for _ in range(300):
-        obs = trainer._real_step(obs)
-    trainer._refit()
+    trainer, _ = _after_first_refit(resolve("inverted_pendulum", "mle", preset="smoke"))
     reads = []
     original = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or original(self))
