@@ -1,0 +1,97 @@
+"""CUDA graphs for the fixed-shape inner steps (``cuda_graph: true`` in a run's config).
+
+On a GPU, one SAC update, model-fit step, dual step or discriminator step at the paper's sizes
+is a few hundred small kernels, each launched from Python: the launches, not the arithmetic,
+take its time. A CUDA graph records a step's kernels once and replays them with one launch.
+The replay runs the same kernels on the same memory: parameters, optimiser moments and the
+random generator advance exactly as in eager mode (the generator's offset is advanced by each
+replay), so a graphed run computes what an eager one does.
+
+What a captured step may do: read its inputs (copied into the graph's own tensors before
+each replay) and tensors that keep their storage while the graph lives (parameters, fused
+Adam's moments created with ``capturable=True``, a buffer's storage), and write in place.
+It must not synchronise with the host (no ``.item()``, no data-dependent Python branch),
+allocate what outlives the step, or change shape. Its first calls per input shape run
+eagerly on a side stream (they create the optimisers' moments and the libraries'
+workspaces, which capture requires to exist); if capturing fails, the step runs eagerly
+from then on, with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Step = Callable[..., Tensor]
+
+
+class GraphedStep:
+    """``step(*inputs) -> Tensor``, replayed from a CUDA graph per input shape after
+    ``warmup`` eager calls of that shape; with ``enabled=False``, ``step`` itself.
+
+    Each call returns a copy of the step's output (the next replay overwrites the graph's).
+    Call `reset` when something the step reads is given new storage (an optimiser's
+    ``load_state_dict``): the graphs are dropped and captured again.
+    """
+
+    def __init__(self, step: Step, warmup: int = 2, enabled: bool = True) -> None:
+        if warmup < 1:
+            raise ValueError(f"warmup = {warmup} is not allowed: capture needs >= 1 eager call")
+        self.step, self.warmup, self.enabled = step, warmup, enabled
+        self._calls: dict[tuple, int] = {}
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[Tensor, ...], Tensor]] = {}
+
+    @property
+    def captured(self) -> int:
+        """How many input shapes have a graph."""
+        return len(self._graphs)
+
+    def reset(self) -> None:
+        self._calls.clear()
+        self._graphs.clear()
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        if not self.enabled:
+            return self.step(*inputs)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            calls = self._calls.get(key, 0)
+            self._calls[key] = calls + 1
+            if calls < self.warmup:
+                return self._eager_on_side_stream(inputs)
+            entry = self._capture(inputs)
+            if entry is None:
+                return self.step(*inputs)
+            self._graphs[key] = entry
+        graph, fixed, out = entry
+        for dst, src in zip(fixed, inputs, strict=True):
+            dst.copy_(src)
+        graph.replay()
+        return out.clone()
+
+    def _eager_on_side_stream(self, inputs: tuple[Tensor, ...]) -> Tensor:
+        main = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = self.step(*inputs)
+        main.wait_stream(side)
+        return out
+
+    def _capture(self, inputs: tuple[Tensor, ...]):
+        fixed = tuple(t.clone() for t in inputs)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):  # records the kernels; runs none of them
+                out = self.step(*fixed)
+        except RuntimeError as err:
+            warnings.warn(f"capturing {getattr(self.step, '__qualname__', self.step)} as a "
+                          f"CUDA graph failed; it runs eagerly ({str(err).splitlines()[0]})",
+                          RuntimeWarning, stacklevel=3)
+            self.enabled = False
+            return None
+        return graph, fixed, out

@@ -1,0 +1,118 @@
+"""`tom.cuda_graph.GraphedStep`'s bookkeeping, on any machine: which calls run eagerly, which
+capture, what a replay reads and returns, `reset`, and the eager fallback when capture fails.
+
+torch.cuda's graph and stream objects are replaced by stand-ins: capturing records the step's
+work without doing it, and a replay does the recorded work. (What a real graph computes is
+checked against eager steps in tests/test_cuda.py, on a GPU.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from tom.cuda_graph import GraphedStep
+
+
+class FakeGraph:
+    capturing: FakeGraph | None = None
+
+    def __init__(self) -> None:
+        self.work = None
+
+    def replay(self) -> None:
+        self.work()
+
+
+class FakeStream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    @contextlib.contextmanager
+    def graph(g):
+        FakeGraph.capturing = g
+        try:
+            yield
+        finally:
+            FakeGraph.capturing = None
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+
+
+def summing_step(seen: list[float]):
+    """A step that logs the sum of its input and returns it: under capture it records that
+    work on the graph instead of doing it, as a captured kernel would."""
+    def step(x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(())
+
+        def work() -> None:
+            seen.append(float(x.sum()))
+            out.copy_(x.sum())
+
+        if FakeGraph.capturing is not None:
+            FakeGraph.capturing.work = work
+        else:
+            work()
+        return out
+
+    return step
+
+
+def test_warmup_then_one_capture_per_shape_and_replays_read_each_call_input(fake_cuda):
+    seen: list[float] = []
+    step = GraphedStep(summing_step(seen), warmup=2)
+    outs = [step(torch.full((3,), float(i))) for i in range(5)]
+    # Calls 0 and 1 eager, call 2 captures and replays, 3 and 4 replay: each with its input.
+    assert seen == [0.0, 3.0, 6.0, 9.0, 12.0]
+    # Each call's result is its own (a replay overwrites the graph's output, not the copies).
+    assert [float(o) for o in outs] == [0.0, 3.0, 6.0, 9.0, 12.0]
+    assert step.captured == 1
+    step(torch.ones(2))  # a new shape warms up on its own
+    assert step.captured == 1 and seen[-1] == 2.0
+    step(torch.ones(2)), step(torch.ones(2))
+    assert step.captured == 2
+
+
+def test_reset_drops_the_graphs_and_warms_up_again(fake_cuda):
+    seen: list[float] = []
+    step = GraphedStep(summing_step(seen), warmup=1)
+    step(torch.ones(2)), step(torch.ones(2))
+    assert step.captured == 1
+    step.reset()
+    assert step.captured == 0
+    step(torch.ones(2))
+    assert step.captured == 0  # the warm-up call after the reset
+    step(torch.ones(2))
+    assert step.captured == 1 and seen == [2.0] * 4
+
+
+def test_a_failed_capture_warns_and_runs_eagerly_from_then_on(fake_cuda, monkeypatch):
+    def broken(g):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "graph", broken)
+    seen: list[float] = []
+    step = GraphedStep(summing_step(seen), warmup=1)
+    step(torch.ones(2))
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed; it runs eagerly "
+                                            r"\(operation not permitted"):
+        assert float(step(torch.full((2,), 2.0))) == 4.0
+    assert float(step(torch.full((2,), 3.0))) == 6.0
+    assert seen == [2.0, 4.0, 6.0] and step.captured == 0 and not step.enabled
+
+
+def test_disabled_is_the_step_itself_and_warmup_must_be_positive():
+    seen: list[float] = []
+    step = GraphedStep(summing_step(seen), enabled=False)
+    assert float(step(torch.ones(3))) == 3.0 and step.captured == 0
+    with pytest.raises(ValueError, match="warmup = 0 is not allowed"):
+        GraphedStep(summing_step(seen), warmup=0)
