@@ -67,7 +67,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     timed = result.metrics
     return {
         "env": env, "objective": objective, "device": device, "threads": threads,
-        "compile": cfg.compile,
+        "compile": cfg.compile, "cuda_graph": cfg.cuda_graph,
         "buffer_size": buffer_size, "steps": epochs * length,
         "steps_per_s": epochs * length / wall,
         "steps_per_s_median_epoch": statistics.median(row["sps"] for row in timed),
@@ -79,7 +79,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
 def format_row(row: dict[str, Any]) -> str:
     phases = ", ".join(f"{p} {row[f'time_{p}']:.1f}" for p in PHASES)
     return (f"{row['env']}/{row['objective']} {row['device']}"
-            f"{' compiled' if row['compile'] else ''} {row['threads']} thread(s), "
+            f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "
+            f"{row['threads']} thread(s), "
             f"buffer {row['buffer_size']}: {row['steps_per_s']:.2f} real steps/s "
             f"(median epoch {row['steps_per_s_median_epoch']:.2f}) over {row['steps']} steps; "
             f"seconds: {phases}")

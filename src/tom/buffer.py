@@ -38,19 +38,25 @@ class Transition(NamedTuple):
         return Transition(*(torch.cat(ts) for ts in zip(*parts, strict=True)))
 
 
-def weighted_indices(weights: Tensor, num: int) -> Tensor:
+def weighted_indices(weights: Tensor, num: int, check: bool = True) -> Tensor:
     """Draw ``num`` indices with replacement, with probability proportional to ``weights``.
 
     Shared by every weighted draw (buffer sampling, model-fit resampling, rollout starts), so
     all of them agree on what "proportional to w" means. Uses the global torch RNG.
+    ``check=False`` skips the check of the values (a host read on a GPU), for callers that
+    checked them once for many draws.
     """
     if weights.ndim != 1 or weights.numel() == 0:
         raise ValueError("weights must be a non-empty 1-d tensor, "
                          f"got shape {tuple(weights.shape)}")
-    total = weights.sum()
-    if not torch.isfinite(total) or total <= 0 or (weights < 0).any():
+    if check and not _valid_weights(weights):
         raise ValueError("weights must be finite, non-negative and not all zero")
     return torch.multinomial(weights, num, replacement=True)
+
+
+def _valid_weights(weights: Tensor) -> bool:
+    total = weights.sum()
+    return bool(torch.isfinite(total) and total > 0 and not (weights < 0).any())
 
 
 class ReplayBuffer:

@@ -251,6 +251,9 @@ class RunConfig:
     compile: bool = _f(False, "torch.compile the SAC critic loss, the model's minibatch loss "
                        "and TOM's dual loss (tom.compile: faster steps, results equal to "
                        "eager up to rounding)")
+    cuda_graph: bool = _f(False, "capture each SAC update as a CUDA graph and replay it "
+                          "(device cuda only; tom.sac: one launch instead of hundreds of "
+                          "small kernels, the same computation)")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -546,6 +549,9 @@ def _validate_cross(cfg: RunConfig) -> None:
                           "allowed with vagram.sac_mix = 'paper-code' (its real-only minibatches "
                           "would be empty): it must leave at least one real transition per "
                           "minibatch, or use vagram.sac_mix=mbpo")
+    if cfg.cuda_graph and cfg.device != "cuda":
+        raise ConfigError(f"config key 'cuda_graph' = true is not allowed with device = "
+                          f"{cfg.device!r}: CUDA graphs need device cuda (or set cuda_graph=false)")
     if cfg.rollout.every > s.epoch_length:
         raise ConfigError(f"config key 'rollout.every' = {cfg.rollout.every} is not allowed: "
                           f"it must be <= schedule.epoch_length = {s.epoch_length}")

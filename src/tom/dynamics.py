@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tom.buffer import Transition, weighted_indices
 from tom.compile import compiled
 from tom.config import ModelConfig
+from tom.cuda_graph import GraphedStep
 from tom.optim import adam
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -145,6 +146,8 @@ class DynamicsModel(nn.Module, ABC):
     num_members: int = 1
     # The minibatch loss `fit` steps on, compiled (`tom.compile`); None: `_objective` itself.
     _step_objective: Callable[..., Tensor] | None = None
+    # Whether `fit` replays its minibatch steps from a CUDA graph (`tom.cuda_graph`).
+    cuda_graph: bool = False
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig,
                  termination_fn: TerminationFn) -> None:
@@ -332,7 +335,8 @@ class DynamicsModel(nn.Module, ABC):
         """
         if weights is None:
             return torch.randint(n, shape, device=self.in_mean.device)
-        return weighted_indices(weights, shape[0] * shape[1]).view(shape)
+        # `fit` checked the weights once (check_weights, a positive sum on the training split).
+        return weighted_indices(weights, shape[0] * shape[1], check=False).view(shape)
 
     @torch.no_grad()
     def _holdout_losses(self, x: Tensor, y: Tensor, w: Tensor | None,
@@ -403,9 +407,23 @@ class DynamicsModel(nn.Module, ABC):
         self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
         if self._optimizer is None:
-            self._optimizer = adam(self.parameters(), lr=cfg.lr)
+            self._optimizer = adam(self.parameters(), lr=cfg.lr, capturable=self.cuda_graph)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
         objective = self._step_objective or self._objective
+        total = torch.zeros((), device=device)  # an epoch's summed minibatch losses
+
+        def minibatch_step() -> Tensor:
+            idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
+            wb = None if (resample or w_tr is None) else w_tr[idx]
+            loss = objective(x_tr[idx], y_tr[idx], wb, None if dw_tr is None else dw_tr[idx],
+                             None if ndw_tr is None else ndw_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return total.add_(loss.detach())
+
+        # A graph per fit: the training split is new tensors each fit.
+        step = GraphedStep(minibatch_step, enabled=self.cuda_graph)
 
         best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
         initial = best.mean().item()
@@ -414,17 +432,9 @@ class DynamicsModel(nn.Module, ABC):
         since, epochs, train_loss, history, finite = 0, 0, math.nan, [], True
         for _ in range(cfg.max_epochs):
             self.train()
-            total = torch.zeros((), device=device)
+            total.zero_()
             for _ in range(cfg.steps_per_epoch):
-                idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
-                wb = None if (resample or w_tr is None) else w_tr[idx]
-                loss = objective(x_tr[idx], y_tr[idx], wb,
-                                 None if dw_tr is None else dw_tr[idx],
-                                 None if ndw_tr is None else ndw_tr[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach()
+                step()
             self.eval()
             epochs += 1
             train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
@@ -467,7 +477,8 @@ class DynamicsModel(nn.Module, ABC):
         self.mean_only = bool(state["mean_only"])
         self._optimizer = None
         if state["optimizer"] is not None:
-            self._optimizer = adam(self.parameters(), lr=self.cfg.lr)
+            self._optimizer = adam(self.parameters(), lr=self.cfg.lr,
+                                   capturable=self.cuda_graph)
             self._optimizer.load_state_dict(state["optimizer"])
 
 
@@ -654,12 +665,17 @@ _MODELS: dict[str, type[DynamicsModel]] = {
 
 
 def make_model(cfg: ModelConfig, obs_dim: int, act_dim: int, termination_fn: TerminationFn,
-               device: torch.device | str = "cpu", compile: bool = False) -> DynamicsModel:
+               device: torch.device | str = "cpu", compile: bool = False,
+               cuda_graph: bool = False) -> DynamicsModel:
     """The dynamics model `cfg.kind` names, on `device`; with ``compile``, its minibatch loss
-    compiled (`tom.compile`)."""
+    compiled (`tom.compile`); with ``cuda_graph``, its fit's minibatch steps replayed from a
+    CUDA graph (`tom.cuda_graph`)."""
     if cfg.kind not in _MODELS:
         raise ValueError(f"model.kind must be one of {', '.join(_MODELS)}, got {cfg.kind!r}")
+    if cuda_graph and torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
     model = _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)
+    model.cuda_graph = cuda_graph
     if compile:
         model._step_objective = compiled(model._objective, True)
     return model

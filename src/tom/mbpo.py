@@ -100,9 +100,11 @@ class Trainer:
         model_capacity = (cfg.rollout.retain_epochs * refits_per_epoch * cfg.rollout.starts
                           * cfg.rollout.length)
         self.imagined = ReplayBuffer(model_capacity, obs_dim, act_dim, self.device)
-        self.agent = SAC(obs_dim, act_dim, cfg.sac, self.device, compile=cfg.compile)
+        self.agent = SAC(obs_dim, act_dim, cfg.sac, self.device, compile=cfg.compile,
+                         cuda_graph=cfg.cuda_graph)
         self.model: DynamicsModel = make_model(cfg.model, obs_dim, act_dim, task.termination,
-                                               self.device, compile=cfg.compile)
+                                               self.device, compile=cfg.compile,
+                                               cuda_graph=cfg.cuda_graph)
         self.objective: Objective = make_objective(cfg, obs_dim, act_dim)
         self.env_steps = 0
         self.model_fitted = False

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from tom.buffer import ReplayBuffer, Transition
 from tom.compile import compiled
 from tom.config import TOMConfig
+from tom.cuda_graph import GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import adam
 from tom.sac import mlp, xavier_init_
@@ -157,7 +158,7 @@ def discriminator_loss(disc: Discriminator, pos: Tensor, neg: Tensor, replay_lab
 
 
 def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_dim: int,
-                        act_dim: int) -> Discriminator:
+                        act_dim: int, cuda_graph: bool = False) -> Discriminator:
     """A fresh discriminator trained on D^π (rows where ``recent``) against all of R.
 
     Each pass goes once over D^π in shuffled minibatches of ``cfg.disc_batch``, each paired
@@ -165,18 +166,24 @@ def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_d
     """
     device = buf.device
     disc = Discriminator(obs_dim, act_dim, cfg.disc_hidden, buf.all()).to(device)
-    opt = adam(disc.parameters(), lr=cfg.disc_lr)
+    opt = adam(disc.parameters(), lr=cfg.disc_lr, capturable=cuda_graph)
     recent_idx = torch.nonzero(recent).squeeze(-1)
     n_recent = recent_idx.numel()
+
+    def minibatch_step(rows: Tensor) -> Tensor:
+        pos = sas(buf.get(rows))
+        neg = sas(buf.sample(pos.shape[0]))
+        loss = discriminator_loss(disc, pos, neg, cfg.replay_label, cfg.grad_penalty)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step = GraphedStep(minibatch_step, enabled=cuda_graph)  # tom.cuda_graph
     for _ in range(cfg.disc_passes):
         order = recent_idx[torch.randperm(n_recent, device=device)]
         for lo in range(0, n_recent, cfg.disc_batch):
-            pos = sas(buf.get(order[lo:lo + cfg.disc_batch]))
-            neg = sas(buf.sample(pos.shape[0]))
-            loss = discriminator_loss(disc, pos, neg, cfg.replay_label, cfg.grad_penalty)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step(order[lo:lo + cfg.disc_batch])
     disc.requires_grad_(False)
     return disc
 
@@ -240,8 +247,9 @@ class TOMObjective(ReweightingObjective):
         super().__init__(cfg, obs_dim, act_dim)
         self.tom, self.gamma = cfg.tom, cfg.sac.gamma
         self.q = DualQ(obs_dim, act_dim, self.tom.dual_hidden, self.tom.dual_init).to(self.device)
+        self.cuda_graph = cfg.cuda_graph
         self.q_opt = adam(self.q.parameters(), lr=self.tom.dual_lr,
-                          weight_decay=self.tom.dual_weight_decay)
+                          weight_decay=self.tom.dual_weight_decay, capturable=self.cuda_graph)
         self.rounds = 0
         self.raw_weights: Tensor | None = None  # f*'(e) before the clip
         self._dual_step_loss = (compiled(self.dual_minibatch_loss, True) if cfg.compile
@@ -271,7 +279,8 @@ class TOMObjective(ReweightingObjective):
     def _shaping_reward(self, buf: ReplayBuffer, recent: Tensor):
         if self.tom.reward == "binary":
             return {}, lambda batch, is_recent: is_recent.float()
-        disc = train_discriminator(buf, recent, self.tom, self.obs_dim, self.act_dim)
+        disc = train_discriminator(buf, recent, self.tom, self.obs_dim, self.act_dim,
+                                   self.cuda_graph)
         stats = discriminator_statistics(disc, buf, recent)
         return stats, lambda batch, is_recent: disc(sas(batch))
 
@@ -288,9 +297,9 @@ class TOMObjective(ReweightingObjective):
     def _train_dual(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> dict[str, float]:
         t = self.tom
         n = len(buf)
-        loss = torch.zeros(())
         step_loss = self._dual_step_loss or self.dual_minibatch_loss
-        for _ in range(t.dual_steps):
+
+        def minibatch_step() -> Tensor:
             idx = torch.randint(n, (t.dual_batch,), device=self.device)
             batch = buf.get(idx)
             s0 = buf.sample_initial_states(t.dual_batch)
@@ -298,6 +307,13 @@ class TOMObjective(ReweightingObjective):
             self.q_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.q_opt.step()
+            return loss.detach()
+
+        # A graph per refit (tom.cuda_graph): the buffer and ρ are new tensors each refit.
+        step = GraphedStep(minibatch_step, enabled=self.cuda_graph)
+        loss = torch.zeros(())
+        for _ in range(t.dual_steps):
+            loss = step()
         return {"dual_loss": loss.item()}
 
     def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:

@@ -1,0 +1,199 @@
+"""The GPU path: the inner steps captured as CUDA graphs (``cuda_graph: true``: SAC updates,
+model-fit steps, TOM's discriminator and dual steps) compute what eager steps compute, SAC's
+survive a checkpoint, and the whole loop runs with them.
+
+The tests marked ``cuda`` need a CUDA device and are skipped elsewhere (CI has none); run them
+where one is lent (benchmarks/gpu_check.sh). The configuration checks run everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tom.buffer import ReplayBuffer, Transition
+from tom.config import ConfigError, SACConfig, resolve
+from tom.dynamics import make_model
+from tom.envs import get_task
+from tom.mbpo import Trainer
+from tom.objectives import RefitContext, make_objective
+from tom.sac import SAC
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# A capture that fails falls back to eager steps with a warning; here it must fail the test,
+# or the comparisons below would compare eager with eager.
+pytestmark = pytest.mark.filterwarnings("error:capturing .* as a CUDA graph failed")
+OBS_DIM, ACT_DIM = 11, 3
+
+
+def test_cuda_graph_needs_device_cuda():
+    with pytest.raises(ConfigError, match="'cuda_graph' = true is not allowed with device = "
+                                          "'cpu'"):
+        resolve("hopper", "mle", preset="smoke", overrides=["cuda_graph=true"])
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, got device 'cpu'"):
+        SAC(OBS_DIM, ACT_DIM, SACConfig(), cuda_graph=True)
+    cfg = resolve("hopper", "mle", preset="smoke").model
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, got device 'cpu'"):
+        make_model(cfg, OBS_DIM, ACT_DIM, get_task("hopper").termination, cuda_graph=True)
+
+
+def _batches(rows: list[int], seed: int = 0) -> list[Transition]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in rows:
+        obs = torch.randn(n, OBS_DIM, generator=g)
+        out.append(Transition(obs, torch.rand(n, ACT_DIM, generator=g) * 2 - 1,
+                              torch.randn(n, generator=g),
+                              obs + 0.1 * torch.randn(n, OBS_DIM, generator=g),
+                              (torch.rand(n, generator=g) < 0.1).float()).to("cuda"))
+    return out
+
+
+def _agent(cuda_graph: bool) -> SAC:
+    torch.manual_seed(0)
+    return SAC(OBS_DIM, ACT_DIM, SACConfig(hidden_size=64, hidden_layers=2), "cuda",
+               cuda_graph=cuda_graph)
+
+
+def _state(agent: SAC) -> list[torch.Tensor]:
+    return [*agent.actor.parameters(), *agent.critic.parameters(),
+            *agent.critic_target.parameters(), agent.log_alpha]
+
+
+def _assert_same(a: SAC, b: SAC) -> None:
+    for p, q in zip(_state(a), _state(b), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_graphed_updates_match_eager_updates():
+    """Two minibatch shapes (MBPO's full minibatch and a real-only one), interleaved: each
+    shape's first updates run eagerly, the rest replay its graph. Same weights, temperature
+    and statistics as eager updates from the same seed; a replay that drew other noise, read
+    a stale minibatch or skipped an optimiser would differ by far more than rounding."""
+    rows = [256] * 6 + [12] * 5 + [256] * 4 + [12] * 2
+    batches = _batches(rows)
+    stats = {}
+    for graphed in (False, True):
+        agent = _agent(graphed)
+        torch.manual_seed(1)
+        stats[graphed] = [dict(agent.update(b)) for b in batches]
+        if graphed:
+            assert agent._step.captured == 2
+            graphed_agent = agent
+        else:
+            eager_agent = agent
+    _assert_same(eager_agent, graphed_agent)
+    for e, g in zip(stats[False], stats[True], strict=True):
+        assert g == pytest.approx(e, rel=1e-5, abs=1e-6)
+    assert graphed_agent.num_updates == len(rows)
+
+
+@cuda
+def test_graphed_agent_resumes_a_checkpoint_exactly():
+    """Twelve updates straight, against seven, a load of the snapshot taken after five (with
+    the generator's state) and seven more: the same agent. Loading must drop the captured
+    graphs, which would otherwise keep updating the optimiser's old moment tensors."""
+    batches = _batches([256] * 12, seed=2)
+    straight = _agent(True)
+    torch.manual_seed(3)
+    for b in batches:
+        straight.update(b)
+
+    resumed = _agent(True)
+    torch.manual_seed(3)
+    for i, b in enumerate(batches[:7]):
+        resumed.update(b)
+        if i == 4:
+            snapshot, rng = resumed.state_dict(), torch.cuda.get_rng_state()
+    assert resumed._step.captured
+    resumed.load_state_dict(snapshot)
+    torch.cuda.set_rng_state(rng)
+    for b in batches[5:]:
+        resumed.update(b)
+    _assert_same(straight, resumed)
+    assert resumed.num_updates == straight.num_updates == 12
+
+
+@cuda
+@pytest.mark.parametrize("kind", ["mdn", "ensemble"])
+def test_graphed_model_fit_matches_eager(kind):
+    """Two weighted fits (the second warm-starts Adam, as refits do, and captures a new
+    graph): the same epochs, losses and parameters as eager fits from the same seed."""
+    cfg = resolve("hopper", "mle", preset="smoke").model
+    cfg.kind, cfg.hidden_size, cfg.max_epochs, cfg.steps_per_epoch = kind, 32, 4, 10
+    task = get_task("hopper")
+    g = torch.Generator().manual_seed(4)
+    n = 600
+    obs = torch.randn(n, task.obs_dim, generator=g)
+    data = Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
+                      torch.randn(n, generator=g), obs + 0.1 * torch.randn(
+                          n, task.obs_dim, generator=g), torch.zeros(n)).to("cuda")
+    weights = torch.rand(n, generator=g).cuda()
+    results = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = make_model(cfg, task.obs_dim, task.act_dim, task.termination, "cuda",
+                           cuda_graph=graphed)
+        fits = [model.fit(data, weights), model.fit(data, weights)]
+        results[graphed] = (fits, [p.detach().clone() for p in model.parameters()])
+    (eager_fits, eager_p), (graph_fits, graph_p) = results[False], results[True]
+    for e, f in zip(eager_fits, graph_fits, strict=True):
+        assert f.epochs == e.epochs
+        assert f.train_loss == pytest.approx(e.train_loss, rel=1e-5)
+        assert f.holdout_loss == pytest.approx(e.holdout_loss, rel=1e-5)
+    for p, q in zip(eager_p, graph_p, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_graphed_tom_refit_matches_eager():
+    """Two TOM refits (discriminator with a partial last minibatch, dual warm-started):
+    the same weights as eager refits from the same seed."""
+    task = get_task("hopper")
+    n = 700
+    g = torch.Generator().manual_seed(5)
+    obs = torch.randn(n, task.obs_dim, generator=g)
+    data = Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
+                      torch.randn(n, generator=g),
+                      obs + 0.1 * torch.randn(n, task.obs_dim, generator=g), torch.zeros(n))
+    weights = []
+    for graphed in (False, True):
+        buf = ReplayBuffer(n, task.obs_dim, task.act_dim, "cuda")
+        buf.add_batch(data)
+        for s0 in obs[:20]:
+            buf.add_initial_state(s0)
+        cfg = resolve("hopper", "tom", preset="smoke", device="cuda",
+                      overrides=[f"cuda_graph={str(graphed).lower()}", "tom.dual_steps=20",
+                                 "tom.disc_passes=4", "tom.recent_window=150",
+                                 "tom.disc_batch=64"])
+        torch.manual_seed(0)
+        agent = SAC(task.obs_dim, task.act_dim, SACConfig(hidden_size=32, hidden_layers=2),
+                    "cuda")
+        objective = make_objective(cfg, task.obs_dim, task.act_dim)
+        for _ in range(2):
+            objective.update(RefitContext(buf, agent, env_steps=n, learner_steps=n))
+        weights.append(objective.start_weights())
+    torch.testing.assert_close(weights[1], weights[0], rtol=1e-5, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("objective", ["mle", "tom"])
+def test_loop_on_cuda_with_graphs(objective):
+    """The whole loop on the GPU at the smoke preset, eager and with graphs: both finish with
+    finite metrics, the graphed one replays its SAC updates, and their first evaluation's
+    return agrees to rounding where both are deterministic (reported, not required: some
+    CUDA kernels accumulate in a nondeterministic order)."""
+    returns = {}
+    for graphed in (False, True):
+        cfg = resolve("hopper", objective, preset="smoke", device="cuda",
+                      overrides=[f"cuda_graph={str(graphed).lower()}"])
+        trainer = Trainer(cfg)
+        metrics = trainer.run().metrics
+        assert metrics and all(math.isfinite(row["return_mean"]) for row in metrics)
+        returns[graphed] = [row["return_mean"] for row in metrics]
+        if graphed:
+            assert trainer.agent._step.captured and trainer.model.cuda_graph
+    print(f"{objective}: eager returns {returns[False]}, graphed {returns[True]}")
