@@ -1,7 +1,7 @@
 """What training P seeds in one process could gain: the two inner steps that take most of a
 run's time (a SAC update; a model minibatch step), for P members at once against P times one.
 
-    python benchmarks/population.py --threads 2 --members 1 2 5 10 [--repeats 7]
+    python benchmarks/population.py --threads 2 --members 1 2 5 10 [--repeats 7] [--device cuda]
 
 "At once" stacks the P members' parameters ([P, ...] tensors, `torch.func.stack_module_state`)
 and evaluates each loss and its gradient for all members in one pass (`torch.func.vmap` of
@@ -63,7 +63,7 @@ def sac_losses(agent: SAC) -> tuple[Callable, Callable]:
 
 def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int) -> Callable[[], None]:
     """One SAC step (critic and actor losses, gradients, Adam) for all members at once."""
-    p = len(agents)
+    p, dev = len(agents), agents[0].device
     critic_p, _ = stack_module_state([a.critic for a in agents])
     target_p, _ = stack_module_state([a.critic_target for a in agents])
     actor_p, _ = stack_module_state([a.actor for a in agents])
@@ -72,10 +72,11 @@ def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int) -> Calla
     opt = adam([*critic_p.values(), *actor_p.values()], lr=3e-4)
 
     def step() -> None:
-        obs = torch.randn(p, batch, obs_dim)
-        act, reward = torch.rand(p, batch, act_dim) * 2 - 1, torch.randn(p, batch)
-        next_obs, done = obs + 0.1 * torch.randn(p, batch, obs_dim), torch.zeros(p, batch)
-        eps, eps2 = torch.randn(p, batch, act_dim), torch.randn(p, batch, act_dim)
+        obs = torch.randn(p, batch, obs_dim, device=dev)
+        act = torch.rand(p, batch, act_dim, device=dev) * 2 - 1
+        reward, done = torch.randn(p, batch, device=dev), torch.zeros(p, batch, device=dev)
+        next_obs = obs + 0.1 * torch.randn(p, batch, obs_dim, device=dev)
+        eps, eps2 = (torch.randn(p, batch, act_dim, device=dev) for _ in range(2))
         g_c = q_grad(critic_p, target_p, actor_p, obs, act, reward, next_obs, done, eps)
         # (`SAC.update` steps the critics before the actor's loss; one Adam step for both
         # here costs the same.)
@@ -90,15 +91,17 @@ def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int) -> Calla
     return step
 
 
-def stacked_critic_step(p: int, batch: int, in_dim: int, hidden: int) -> Callable[[], None]:
+def stacked_critic_step(p: int, batch: int, in_dim: int, hidden: int, device: str = "cpu"
+                        ) -> Callable[[], None]:
     """Without vmap: the twin critics of P members as one stack of 2P networks ([2P, ·, ·]
     weights, one `baddbmm` per layer, as `TwinQ` stacks its two), a squared-error step with
     fused Adam. The cheapest form stacking can take."""
     net = torch.nn.Sequential(StackedLinear(2 * p, in_dim, hidden), torch.nn.ReLU(),
                               StackedLinear(2 * p, hidden, hidden), torch.nn.ReLU(),
-                              StackedLinear(2 * p, hidden, 1))
+                              StackedLinear(2 * p, hidden, 1)).to(device)
     opt = adam(net.parameters(), lr=3e-4)
-    x, y = torch.randn(2 * p, batch, in_dim), torch.randn(2 * p, batch, 1)
+    x, y = torch.randn(2 * p, batch, in_dim, device=device), torch.randn(2 * p, batch, 1,
+                                                                          device=device)
 
     def step() -> None:
         loss = (net(x) - y).pow(2).mean(1).sum()
@@ -122,7 +125,7 @@ class _MemberNLL(torch.nn.Module):
 
 def model_step(models: list, batch: int, in_dim: int, out_dim: int) -> Callable[[], None]:
     """One MDN minibatch step (NLL, gradient, Adam) for all members at once."""
-    p = len(models)
+    p, dev = len(models), models[0].in_mean.device
     wrapped = [_MemberNLL(m) for m in models]
     params, buffers = stack_module_state(wrapped)
     template = copy.deepcopy(wrapped[0])
@@ -130,7 +133,8 @@ def model_step(models: list, batch: int, in_dim: int, out_dim: int) -> Callable[
     opt = adam(list(params.values()), lr=1e-3)
 
     def step() -> None:
-        x, y = torch.randn(p, batch, in_dim), torch.randn(p, batch, out_dim)
+        x = torch.randn(p, batch, in_dim, device=dev)
+        y = torch.randn(p, batch, out_dim, device=dev)
         grads = g(params, buffers, x, y)
         for k, v in params.items():
             v.grad = grads[k]
@@ -145,24 +149,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    dev = args.device
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     task = get_task(args.env)
     cfg = resolve(args.env, "mle", preset="paper")
     o, a = task.obs_dim, task.act_dim
-    print(f"{args.env} at the paper preset, {args.threads} thread(s), torch {torch.__version__}; "
+    where = torch.cuda.get_device_name() if dev == "cuda" else f"{args.threads} CPU thread(s)"
+    print(f"{args.env} at the paper preset, {where}, torch {torch.__version__}; "
           f"ms per step per member (median of {args.repeats}); speed-up per seed against "
           "one member's own step")
     single_sac = single_model = single_critic = None
     for p in args.members:
-        agents = [SAC(o, a, cfg.sac) for _ in range(p)]
+        agents = [SAC(o, a, cfg.sac, dev) for _ in range(p)]
         t_sac = median_ms(sac_step(agents, cfg.sac.batch_size, o, a), args.repeats, 10) / p
-        models = [make_model(cfg.model, o, a, task.termination) for _ in range(p)]
+        models = [make_model(cfg.model, o, a, task.termination, dev) for _ in range(p)]
         t_model = median_ms(model_step(models, cfg.model.batch_size, o + a, 1 + o),
                             args.repeats, 10) / p
         t_critic = median_ms(stacked_critic_step(p, cfg.sac.batch_size, o + a,
-                                                 cfg.sac.hidden_size), args.repeats, 50) / p
+                                                 cfg.sac.hidden_size, dev), args.repeats, 50) / p
         single_sac, single_model = single_sac or t_sac, single_model or t_model
         single_critic = single_critic or t_critic
         print(f"  P = {p:2d}: SAC step {t_sac:6.2f} ms ({single_sac / t_sac:4.2f}×), "

@@ -17,9 +17,11 @@ SAC updates, evaluation) are timed; prints real steps/s and the seconds per phas
     buffer with a 1 000-transition recent window
 
     python benchmarks/throughput.py micro [--env hopper] [--threads 1] [--repeats 5] [--compile]
+        [--device cpu|cuda] [--sac eager compile graph graph+compile]
 
 With ``--compile`` the SAC losses and the model's minibatch loss are compiled (`tom.compile`);
-the first call's time (the compilation) is printed separately.
+the first call's time (the compilation) is printed separately. ``--sac`` times the SAC update
+in each form listed (``graph``: captured as a CUDA graph, `tom.sac`; CUDA only).
 """
 
 from __future__ import annotations
@@ -40,25 +42,34 @@ from tom.objectives import RefitContext, make_objective
 from tom.sac import SAC
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that a host clock reads the time it took."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_time(fn: Callable[[], object], repeats: int, inner: int = 1,
-                label: str = "") -> float:
+                label: str = "", warmup: int = 1) -> float:
     start = time.perf_counter()
-    fn()  # warm-up (with --compile: the compilation)
+    for _ in range(warmup):  # with --compile: the compilation; with graphs: the capture
+        fn()
+    _sync()
     if label:
-        print(f"  ({label}: first call {time.perf_counter() - start:.1f} s)")
+        print(f"  ({label}: first {warmup} call(s) {time.perf_counter() - start:.1f} s)")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(inner):
             fn()
+        _sync()
         times.append((time.perf_counter() - start) / inner)
     return statistics.median(times)
 
 
-def synthetic(n: int, obs_dim: int, act_dim: int) -> Transition:
+def synthetic(n: int, obs_dim: int, act_dim: int, device: str = "cpu") -> Transition:
     obs = torch.randn(n, obs_dim)
     return Transition(obs, torch.rand(n, act_dim) * 2 - 1, torch.randn(n),
-                      obs + 0.1 * torch.randn(n, obs_dim), torch.zeros(n))
+                      obs + 0.1 * torch.randn(n, obs_dim), torch.zeros(n)).to(device)
 
 
 def main() -> None:
@@ -72,39 +83,50 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="compile the inner steps")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--sac", nargs="+", metavar="FORM",
+                        choices=("eager", "compile", "graph", "graph+compile"),
+                        help="forms of the SAC update to time (default: eager, or compile "
+                        "with --compile)")
     args = parser.parse_args(sys.argv[2:])
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     task = get_task(args.env)
-    cfg = resolve(args.env, "tom", preset="paper")
+    dev = args.device
+    cfg = resolve(args.env, "tom", preset="paper", device=dev)
     o, a = task.obs_dim, task.act_dim
-    print(f"{args.env}: obs {o}, act {a}; torch {torch.__version__}, {args.threads} thread(s); "
-          f"median of {args.repeats}; {'compiled' if args.compile else 'eager'}")
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    print(f"{args.env}: obs {o}, act {a}; torch {torch.__version__} on {name}, "
+          f"{args.threads} thread(s); median of {args.repeats}; "
+          f"{'compiled' if args.compile else 'eager'}")
 
-    agent = SAC(o, a, cfg.sac, compile=args.compile)
-    batch = synthetic(cfg.sac.batch_size, o, a)
-    t = median_time(lambda: agent.update(batch), args.repeats, inner=20,
-                    label="SAC update" if args.compile else "")
-    per_step = t * cfg.schedule.updates_per_step * 1e3
-    print(f"  SAC update (batch {cfg.sac.batch_size}):            {t * 1e3:8.2f} ms"
-          f"  -> {cfg.schedule.updates_per_step:.0f} per real step: {per_step:.1f} ms")
+    batch = synthetic(cfg.sac.batch_size, o, a, dev)
+    for form in args.sac or ["compile" if args.compile else "eager"]:
+        agent = SAC(o, a, cfg.sac, dev, compile="compile" in form, cuda_graph="graph" in form)
+        t = median_time(lambda agent=agent: agent.update(batch), args.repeats, inner=20,
+                        label=f"SAC update, {form}" if form != "eager" else "",
+                        warmup=SAC.GRAPH_WARMUP + 2)
+        per_step = t * cfg.schedule.updates_per_step * 1e3
+        print(f"  SAC update ({form}, batch {cfg.sac.batch_size}): {t * 1e3:8.3f} ms"
+              f"  -> {cfg.schedule.updates_per_step:.0f} per real step: {per_step:.1f} ms",
+              flush=True)
 
     for kind in ("mdn", "ensemble"):
         cfg.model.kind = kind
-        model = make_model(cfg.model, o, a, task.termination, "cpu", compile=args.compile)
-        data = synthetic(20_000, o, a)
+        model = make_model(cfg.model, o, a, task.termination, dev, compile=args.compile)
+        data = synthetic(20_000, o, a, dev)
         cfg.model.max_epochs, cfg.model.steps_per_epoch = 1, 50
         fit = median_time(lambda m=model, d=data: m.fit(d), max(1, args.repeats // 2),
                           label=f"{kind} fit" if args.compile else "")
         print(f"  model step ({kind:8s}, batch {cfg.model.batch_size}):   "
               f"{fit / 50 * 1e3:8.2f} ms")
-        starts = synthetic(cfg.rollout.starts, o, a)
+        starts = synthetic(cfg.rollout.starts, o, a, dev)
         t = median_time(lambda m=model, s=starts: m.step(s.obs, s.act), args.repeats)
         print(f"  rollout step ({kind:8s}, {cfg.rollout.starts} starts): {t * 1e3:8.1f} ms")
 
-    buf = ReplayBuffer(20_000, o, a)
-    buf.add_batch(synthetic(20_000, o, a))
-    for s in synthetic(100, o, a).obs:
+    buf = ReplayBuffer(20_000, o, a, dev)
+    buf.add_batch(synthetic(20_000, o, a, dev))
+    for s in synthetic(100, o, a, dev).obs:
         buf.add_initial_state(s)
     objective = make_objective(cfg, o, a)
     ctx = RefitContext(buf, agent, env_steps=20_000, learner_steps=20_000)

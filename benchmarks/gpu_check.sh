@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU checks and measurements in one call (benchmarks/README.md, "On a GPU"):
+#   1. the CUDA tests (tests/test_cuda.py: graphed SAC updates against eager ones, a resumed
+#      checkpoint, the whole loop on the GPU);
+#   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
+#      one epoch, for each objective eager and with cuda_graph=true;
+#   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
+#      and compiled; the model step; a rollout step; a TOM refit;
+#   4. the population scaling of the inner steps (population.py --device cuda).
+# Each part has its own time limit and the whole a deadline (BUDGET seconds, default 500):
+# a part that would start after it is skipped, and said so. Logs and the CSV go to $OUT
+# (default ./gpu_out).
+#
+#     bash benchmarks/gpu_check.sh            # or BUDGET=300 OBJECTIVES="tom" bash ...
+#
+# Where .whl/ holds wheels (a machine without a package index), they are installed first.
+set -u
+OUT=${OUT:-gpu_out}
+BUDGET=${BUDGET:-500}
+OBJECTIVES=${OBJECTIVES:-"tom mle"}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+start=$SECONDS
+
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+
+# part NAME LIMIT COMMAND...: run COMMAND under min(LIMIT, time left), its output to
+# $OUT/NAME.log and to the screen.
+part() {
+    local name=$1 limit=$2 left
+    shift 2
+    left=$((BUDGET - (SECONDS - start)))
+    if [ "$left" -lt 30 ]; then
+        echo "== $name: skipped, $left s left of $BUDGET"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (at most $limit s; $((SECONDS - start)) s in)"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+python3 -c "import torch, gymnasium, mujoco, pydantic, tom
+print('torch', torch.__version__, torch.cuda.get_device_name(), '| gymnasium',
+      gymnasium.__version__, '| mujoco', mujoco.__version__)" || exit 1
+
+bench() {  # bench OBJECTIVE [eager|graph]
+    local extra=()
+    [ "$2" = graph ] && extra=(--set cuda_graph=true)
+    part "bench_$1_$2" 200 python3 -m tom.cli bench --env hopper --objective "$1" \
+        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --csv "$OUT/bench.csv" \
+        "${extra[@]}"
+}
+
+part tests 150 python3 -m pytest -q -rA -p no:cacheprovider tests/test_cuda.py
+first=${OBJECTIVES%% *}
+bench "$first" eager
+bench "$first" graph
+part micro 150 python3 benchmarks/throughput.py micro --device cuda --threads 2 --repeats 5 \
+    --sac eager graph compile graph+compile
+part population 90 python3 benchmarks/population.py --device cuda --members 1 2 5 10 20 \
+    --repeats 5
+for objective in ${OBJECTIVES#"$first"}; do
+    bench "$objective" eager
+    bench "$objective" graph
+done
+echo "== done in $((SECONDS - start)) s"
+[ -f "$OUT/bench.csv" ] && cat "$OUT/bench.csv"
