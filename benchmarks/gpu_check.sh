@@ -3,7 +3,7 @@
 #   1. the CUDA tests (tests/test_cuda.py: graphed SAC updates against eager ones, a resumed
 #      checkpoint, the whole loop on the GPU);
 #   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
-#      one epoch, for each objective eager and with cuda_graph=true;
+#      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
 #      and compiled; the model step; a rollout step; a TOM refit;
 #   4. the population scaling of the inner steps (population.py --device cuda).
@@ -50,8 +50,8 @@ print('torch', torch.__version__, torch.cuda.get_device_name(), '| gymnasium',
       gymnasium.__version__, '| mujoco', mujoco.__version__)" || exit 1
 
 bench() {  # bench OBJECTIVE [eager|graph]
-    local extra=()
-    [ "$2" = graph ] && extra=(--set cuda_graph=true)
+    local extra=(--set cuda_graph=true)
+    [ "$2" = eager ] && extra=(--set cuda_graph=false)
     part "bench_$1_$2" 200 python3 -m tom.cli bench --env hopper --objective "$1" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --csv "$OUT/bench.csv" \
         "${extra[@]}"

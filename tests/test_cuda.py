@@ -28,6 +28,13 @@ pytestmark = pytest.mark.filterwarnings("error:capturing .* as a CUDA graph fail
 OBS_DIM, ACT_DIM = 11, 3
 
 
+def test_cuda_graph_is_on_by_default_on_cuda_only():
+    assert resolve("hopper", "mle", preset="smoke", device="cuda").cuda_graph
+    assert not resolve("hopper", "mle", preset="smoke", device="cuda",
+                       overrides=["cuda_graph=false"]).cuda_graph
+    assert not resolve("hopper", "mle", preset="smoke").cuda_graph
+
+
 def test_cuda_graph_needs_device_cuda():
     with pytest.raises(ConfigError, match="'cuda_graph' = true is not allowed with device = "
                                           "'cpu'"):

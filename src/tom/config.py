@@ -251,9 +251,10 @@ class RunConfig:
     compile: bool = _f(False, "torch.compile the SAC critic loss, the model's minibatch loss "
                        "and TOM's dual loss (tom.compile: faster steps, results equal to "
                        "eager up to rounding)")
-    cuda_graph: bool = _f(False, "capture each SAC update as a CUDA graph and replay it "
-                          "(device cuda only; tom.sac: one launch instead of hundreds of "
-                          "small kernels, the same computation)")
+    cuda_graph: bool = _f(False, "replay the SAC updates, model-fit steps and TOM's "
+                          "discriminator and dual steps from CUDA graphs (tom.cuda_graph: the "
+                          "same computation without hundreds of kernel launches per step); "
+                          "device cuda only, where it is on unless set to false")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -358,7 +359,8 @@ def resolve(env: str, objective: str, seed: int = 0, preset: str = "quick",
     """Build and validate the run config.
 
     Layers, later wins: defaults < task (paper) < objective < preset < preset's task budget
-    < overrides.
+    < overrides. On ``device='cuda'`` the default of ``cuda_graph`` is true (the same
+    computation, about 6× faster there: benchmarks/RESULTS.md).
     """
     from tom.envs import TASKS
     from tom.objectives import OBJECTIVES
@@ -366,7 +368,8 @@ def resolve(env: str, objective: str, seed: int = 0, preset: str = "quick",
     _check_choice("env", env, tuple(TASKS))
     _check_choice("objective", objective, tuple(OBJECTIVES))
     _check_choice("preset", preset, PRESETS)
-    cfg = RunConfig(env=env, objective=objective, seed=seed, preset=preset, device=device)
+    cfg = RunConfig(env=env, objective=objective, seed=seed, preset=preset, device=device,
+                    cuda_graph=device == "cuda")
     layers = [_PAPER_TASK_OVERRIDES.get(env, {}), _objective_overrides(objective),
               _PRESET_OVERRIDES[preset], _PRESET_TASK_OVERRIDES.get(preset, {}).get(env, {})]
     if isinstance(overrides, list):
