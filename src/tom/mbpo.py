@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,17 @@ class Trainer:
         then raises `Interrupted`. A non-finite loss, weight or prediction raises
         `NumericalFault` before anything after it is checkpointed.
         """
+        for _ in self.run_steps(progress, on_epoch, checkpoint, checkpoint_every, stop):
+            pass
+        return self.result
+
+    def run_steps(self, progress: bool = False,
+                  on_epoch: Callable[[TrainResult], None] | None = None,
+                  checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                  checkpoint_every: int = 0, stop: StopRequest | None = None
+                  ) -> Iterator[None]:
+        """`run`, one real step (with the refit and SAC updates after it) per iteration, so that
+        several runs can take turns (`tom.population`); `result` holds what it produced."""
         sch = self.cfg.schedule
         self._clock = time.perf_counter() - self.wall_time
         if self.obs is None:
@@ -147,6 +158,8 @@ class Trainer:
                     self.epoch_updates += self._sac_block()
                 if stop is not None and stop.signal is not None:
                     self._interrupt(stop.signal, checkpoint, epoch_clock)
+                if self.epoch_step < sch.epoch_length:  # the epoch's last step: after its eval
+                    yield
             row = self._evaluate(self.epoch, self.epoch_updates,
                                  time.perf_counter() - epoch_clock,
                                  time.perf_counter() - self._clock)
@@ -166,9 +179,9 @@ class Trainer:
                 saved = True
             if stop is not None and stop.signal is not None and self.epoch < sch.epochs:
                 self._interrupt(stop.signal, None if saved else checkpoint, time.perf_counter())
+            yield
         if bar is not None:
             bar.close()
-        return self.result
 
     def _save(self, checkpoint: Callable[[dict[str, Any]], None]) -> None:
         self.wall_time = time.perf_counter() - self._clock
