@@ -3,13 +3,18 @@ exactly (on a CPU), and a member that stops leaves the others running."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from tom.cli import main
 from tom.config import resolve
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
+from tom.outputs import RUN_FILES
 from tom.population import Population
 
 TIMING = ("time_", "wall_time", "sps")
@@ -42,10 +47,8 @@ def test_members_equal_their_single_runs_bit_for_bit(objective):
     np.random.seed(123)
     caller = (torch.get_rng_state(), np.random.get_state()[1].copy())
     population = Population()
-    trainers = []
-    for seed in (0, 1, 2):
-        trainers.append(Trainer(_cfg(seed, objective)))
-        population.add(trainers[-1])
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, objective)))
+                for seed in (0, 1, 2)]
     # Adding seeds the global generators (as Trainer does); run restores what it found.
     before_run = (torch.get_rng_state(), np.random.get_state()[1].copy())
     results = population.run()
@@ -66,10 +69,7 @@ def test_a_member_that_fails_leaves_the_others_running(monkeypatch):
     run to the end and still equal their single runs."""
     single = {seed: Trainer(_cfg(seed)).run() for seed in (0, 2)}
     population = Population()
-    trainers = []
-    for seed in (0, 1, 2):
-        trainers.append(Trainer(_cfg(seed)))
-        population.add(trainers[-1])
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1, 2)]
 
     def fault():
         raise NumericalFault("model", trainers[1].env_steps, "model training loss")
@@ -102,17 +102,65 @@ def test_a_signal_checkpoints_every_member_and_they_resume_exactly():
     saved: dict[int, dict] = {}
     population = Population()
     for seed in (0, 1):
-        population.add(Trainer(_cfg(seed)), stop=stop,
+        population.add(lambda seed=seed: Trainer(_cfg(seed)), stop=stop,
                        checkpoint=lambda state, seed=seed: saved.__setitem__(seed, state))
     results = population.run()
     assert all(isinstance(r, Interrupted) and r.exit_status == 143 for r in results)
     assert sorted(saved) == [0, 1]
     assert 0 < saved[0]["env_steps"] < 400
 
-    resumed = Population()
-    for seed in (0, 1):
+    def load(seed: int) -> Trainer:
         trainer = Trainer(_cfg(seed))
         trainer.load_state_dict(saved[seed])
-        resumed.add(trainer)
+        return trainer
+
+    resumed = Population()
+    for seed in (0, 1):
+        resumed.add(lambda seed=seed: load(seed))
     for seed, result in zip((0, 1), resumed.run(), strict=True):
         assert _untimed(result) == _untimed(single[seed])
+
+
+# -- tom train --seeds ------------------------------------------------------------------------
+
+def _cli(out, *seed_args: str) -> int:
+    return main(["train", "--env", "inverted_pendulum", "--objective", "tom", "--preset", "smoke",
+                 "--out", str(out), "--quiet", *seed_args])
+
+
+def test_train_seeds_writes_the_run_directories_of_single_runs(tmp_path):
+    """`tom train --seeds 0 1` writes runs/0 and runs/1 with the files `--seed 0` and
+    `--seed 1` write: the same metrics (but their timings), weights, config and policy."""
+    assert _cli(tmp_path / "runs" / "{seed}", "--seeds", "0", "1") == 0
+    for seed in (0, 1):
+        assert _cli(tmp_path / f"single{seed}", "--seed", str(seed)) == 0
+        got, want = tmp_path / "runs" / str(seed), tmp_path / f"single{seed}"
+        assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+        for name in RUN_FILES:
+            assert (got / name).exists()
+        metrics = [pd.read_csv(d / "metrics.csv") for d in (got, want)]
+        cols = [c for c in metrics[0].columns if not c.startswith(TIMING)]
+        pd.testing.assert_frame_equal(metrics[0][cols], metrics[1][cols])
+        pd.testing.assert_frame_equal(pd.read_csv(got / "weights.csv"),
+                                      pd.read_csv(want / "weights.csv"))
+        configs = [json.loads((d / "config.json").read_text()) for d in (got, want)]
+        assert configs[0]["config"] == configs[1]["config"]
+        policies = [torch.load(d / "policy.pt", weights_only=False) for d in (got, want)]
+        assert policies[0].keys() == policies[1].keys()
+        for key in policies[0]:
+            if isinstance(policies[0][key], torch.Tensor):
+                assert torch.equal(policies[0][key], policies[1][key]), key
+
+
+def test_train_seeds_rejects_bad_input_before_any_compute(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert _cli(out, "--seeds", "0", "1") == 2
+    assert "must contain {seed}, e.g. results/runs/hopper/tom/{seed}" in capsys.readouterr().err
+    assert _cli(tmp_path / "{seed}", "--seeds", "0", "0") == 2
+    assert "--seeds = [0, 0] is not allowed: give one or more distinct seeds" in (
+        capsys.readouterr().err)
+    assert _cli(tmp_path / "{seed}", "--seed", "1", "--seeds", "2", "3") == 2
+    assert "--seed and --seeds are not allowed together" in capsys.readouterr().err
+    assert _cli(tmp_path / "{seed}", "--seeds", "1", "-2") == 2
+    assert "'seed' = -2 is not allowed" in capsys.readouterr().err
+    assert not out.exists() and not any(tmp_path.iterdir())

@@ -14,8 +14,16 @@ from tom.config import PRESETS, ConfigError, all_keys, resolve
 
 def _train(args: argparse.Namespace) -> int:
     # Validate everything before any compute is spent (and before importing the heavy parts).
-    cfg = resolve(args.env, args.objective, seed=args.seed, preset=args.preset,
-                  overrides=args.set, device=args.device)
+    if args.seeds is not None and args.seed is not None:
+        raise ConfigError("--seed and --seeds are not allowed together: give one of them")
+    seeds = [args.seed or 0] if args.seeds is None else args.seeds
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds = {seeds} is not allowed: give one or more distinct seeds")
+    if len(seeds) > 1 and "{seed}" not in args.out:
+        raise ConfigError(f"--out = {args.out!r} is not allowed with several --seeds: it must "
+                          "contain {seed}, e.g. results/runs/hopper/tom/{seed}")
+    cfgs = [resolve(args.env, args.objective, seed=seed, preset=args.preset,
+                    overrides=args.set, device=args.device) for seed in seeds]
     if args.threads < 1:
         raise ConfigError(f"--threads = {args.threads} is not allowed: it must be >= 1")
     if args.checkpoint_every < 0:
@@ -23,73 +31,138 @@ def _train(args: argparse.Namespace) -> int:
                           "must be >= 0 (0: checkpoint only when a signal stops the run)")
     if not args.grace > 0:
         raise ConfigError(f"--grace = {args.grace} is not allowed: it must be > 0 seconds")
-    if cfg.device == "cuda":
+    if cfgs[0].device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("config key 'device' = 'cuda' is not allowed here: "
                               "torch sees no CUDA device (use --device cpu)")
-    out = _run_directory(args.out)
-    import mujoco
+    outs = [_run_directory(args.out.replace("{seed}", str(seed))) for seed in seeds]
     import torch
 
-    import tom
-    from tom import checkpoint
     from tom.interrupt import Interrupted, StopRequest
-    from tom.mbpo import NumericalFault, Trainer
-    from tom.outputs import PARTIAL_METRICS, git_commit, write_csv, write_run
-
-    # What the checkpoint's contents depend on: this code, and the versions that serialise
-    # the networks and the simulator's state.
-    path = out / checkpoint.CHECKPOINT
-    code = (f"tom {tom.__version__} ({git_commit()}), torch {torch.__version__}, "
-            f"mujoco {mujoco.__version__}")
-    state = None
-    if path.exists() and args.restart:
-        path.unlink()
-        print(f"--restart: deleted {path}; starting over")
-    elif path.exists():
-        state = checkpoint.load(path, cfg.to_dict(), code)
-    for stale in out.glob(f".{checkpoint.CHECKPOINT}.*.tmp"):  # from a process killed mid-write
-        stale.unlink()
+    from tom.mbpo import NumericalFault
+    from tom.population import Population
 
     # Small networks gain little from intra-op threads, and oversubscribed cores (parallel
     # pipeline jobs) make each op many times slower: one thread per run by default.
     torch.set_num_threads(args.threads)
-    trainer = Trainer(cfg)
-    if state is not None:
-        trainer.load_state_dict(state)
-        print(f"resuming from {path}: epoch {trainer.epoch + 1} of {cfg.schedule.epochs}, "
-              f"real step {trainer.env_steps} of {trainer.total_steps}")
-
-    def save(trainer_state: dict) -> None:
-        checkpoint.save(path, cfg.to_dict(), code, trainer_state)
-
     stop = StopRequest(args.grace).install()
     try:
-        result = trainer.run(progress=not args.quiet,
-                             on_epoch=lambda r: write_csv(out / PARTIAL_METRICS, r.metrics),
-                             checkpoint=save, checkpoint_every=args.checkpoint_every, stop=stop)
-    except Interrupted as stopped:
-        print(f"tom: stopped by {stopped} at real step {trainer.env_steps}; checkpoint saved to "
-              f"{path}: run the same command again to resume", file=sys.stderr)
-        return stopped.exit_status
-    except NumericalFault as fault:
-        kept = (f"the last good checkpoint is kept in {path}" if path.exists()
-                else "no checkpoint had been written yet")
-        print(f"tom: numerical fault: {fault}; {kept}", file=sys.stderr)
-        return 3
+        runs = [_TrainRun(cfg, out, args, stop) for cfg, out in zip(cfgs, outs, strict=True)]
+        if len(runs) == 1:
+            runs[0].build()
+            outcomes = [runs[0].run()]
+        else:  # one process, the seeds in turns (tom.population)
+            population = Population()
+            for run in runs:
+                population.add(run.build, **run.options(progress=False,
+                                                        epoch_lines=not args.quiet))
+            outcomes = population.run()
     finally:
         stop.uninstall()
-    if args.keep_checkpoint:
-        save(trainer.state_dict())
-    last = result.metrics[-1]
-    write_run(out, cfg, result, last["wall_time"])
-    if not args.keep_checkpoint:
-        path.unlink(missing_ok=True)
-    print(f"done: {cfg.env}/{cfg.objective}/seed {cfg.seed}: return {last['return_mean']:.1f} "
-          f"after {last['env_steps']} real steps, {last['wall_time']:.0f} s -> {out}")
-    return 0
+    status = 0
+    for run, outcome in zip(runs, outcomes, strict=True):
+        if isinstance(outcome, Interrupted):
+            print(f"tom: stopped by {outcome} at real step {run.trainer.env_steps}; checkpoint "
+                  f"saved to {run.path}: run the same command again to resume", file=sys.stderr)
+            status = status or outcome.exit_status
+        elif isinstance(outcome, NumericalFault):
+            kept = (f"the last good checkpoint is kept in {run.path}" if run.path.exists()
+                    else "no checkpoint had been written yet")
+            print(f"tom: numerical fault in seed {run.cfg.seed}: {outcome}; {kept}",
+                  file=sys.stderr)
+            status = status or 3
+        else:
+            run.finish(outcome)
+    return status
+
+
+class _TrainRun:
+    """One seed of `tom train`: its run directory and checkpoint, its trainer (`build`:
+    resumed from the checkpoint if there is one), and the files it writes at the end."""
+
+    def __init__(self, cfg, out: Path, args: argparse.Namespace, stop) -> None:
+        import mujoco
+        import torch
+
+        import tom
+        from tom import checkpoint
+        from tom.outputs import git_commit
+
+        self.cfg, self.out, self.args, self.stop = cfg, out, args, stop
+        # What the checkpoint's contents depend on: this code, and the versions that
+        # serialise the networks and the simulator's state.
+        self.path = out / checkpoint.CHECKPOINT
+        self.code = (f"tom {tom.__version__} ({git_commit()}), torch {torch.__version__}, "
+                     f"mujoco {mujoco.__version__}")
+        self.state = None
+        if self.path.exists() and args.restart:
+            self.path.unlink()
+            print(f"--restart: deleted {self.path}; starting over")
+        elif self.path.exists():
+            self.state = checkpoint.load(self.path, cfg.to_dict(), self.code)
+        for stale in out.glob(f".{checkpoint.CHECKPOINT}.*.tmp"):  # a process killed mid-write
+            stale.unlink()
+
+    def build(self):
+        """The trainer, resumed from the checkpoint if there is one."""
+        from tom.mbpo import Trainer
+
+        self.trainer = Trainer(self.cfg)
+        if self.state is not None:
+            self.trainer.load_state_dict(self.state)
+            print(f"resuming from {self.path}: epoch {self.trainer.epoch + 1} of "
+                  f"{self.cfg.schedule.epochs}, real step {self.trainer.env_steps} of "
+                  f"{self.trainer.total_steps}")
+            self.state = None
+        return self.trainer
+
+    def save(self, trainer_state: dict) -> None:
+        from tom import checkpoint
+
+        checkpoint.save(self.path, self.cfg.to_dict(), self.code, trainer_state)
+
+    def options(self, progress: bool, epoch_lines: bool = False) -> dict:
+        """`Trainer.run`'s keyword arguments for this run; ``epoch_lines``: one line on stderr
+        per epoch (where several runs share the terminal, instead of a progress bar)."""
+        from tom.outputs import PARTIAL_METRICS, write_csv
+
+        def on_epoch(result) -> None:
+            write_csv(self.out / PARTIAL_METRICS, result.metrics)
+            if epoch_lines:
+                row = result.metrics[-1]
+                print(f"{self.cfg.env}/{self.cfg.objective}/{self.cfg.seed}: epoch "
+                      f"{int(row['epoch'])} of {self.cfg.schedule.epochs}, return "
+                      f"{row['return_mean']:.1f}, {row['sps']:.1f} real steps/s",
+                      file=sys.stderr, flush=True)
+
+        return dict(progress=progress, on_epoch=on_epoch, checkpoint=self.save,
+                    checkpoint_every=self.args.checkpoint_every, stop=self.stop)
+
+    def run(self):
+        """The run to its end; its result, or the `Interrupted` or `NumericalFault` that
+        stopped it."""
+        from tom.interrupt import Interrupted
+        from tom.mbpo import NumericalFault
+
+        try:
+            return self.trainer.run(**self.options(progress=not self.args.quiet))
+        except (Interrupted, NumericalFault) as stopped:
+            return stopped
+
+    def finish(self, result) -> None:
+        from tom.outputs import write_run
+
+        if self.args.keep_checkpoint:
+            self.save(self.trainer.state_dict())
+        last = result.metrics[-1]
+        write_run(self.out, self.cfg, result, last["wall_time"])
+        if not self.args.keep_checkpoint:
+            self.path.unlink(missing_ok=True)
+        print(f"done: {self.cfg.env}/{self.cfg.objective}/seed {self.cfg.seed}: return "
+              f"{last['return_mean']:.1f} after {last['env_steps']} real steps, "
+              f"{last['wall_time']:.0f} s -> {self.out}")
 
 
 def _run_directory(text: str) -> Path:
@@ -189,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train one (env, objective, seed) run")
     tr.add_argument("--env", required=True, help="task short name (see `tom envs`)")
     tr.add_argument("--objective", required=True, help="model-learning objective")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, help="random seed (default 0)")
+    tr.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="several seeds in one process, in turns (tom.population; instead of "
+                    "--seed): each writes the run directory --out names with {seed} replaced, "
+                    "exactly as its own `tom train --seed` would")
     tr.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)}")
     tr.add_argument("--out", required=True, help="run directory to write")
     tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,17 +67,20 @@ class _Member:
 
 
 class Population:
-    """Runs added with `add` (built, or loaded from a checkpoint, just before), then `run`."""
+    """Runs added with `add`, then `run` together."""
 
     def __init__(self) -> None:
         self.members: list[_Member] = []
 
-    def add(self, trainer: Trainer, **run_options: Any) -> None:
-        """Add ``trainer``, built (`Trainer(cfg)` seeds the global generators) or loaded from a
-        checkpoint (which restores them) just before this call: the global random state now
-        is the one its run continues from. ``run_options`` go to `Trainer.run_steps`."""
+    def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
+        """Add the trainer ``build()`` returns (`Trainer(cfg)`, which seeds the global
+        generators, perhaps followed by `Trainer.load_state_dict`, which restores them): its
+        run continues from the global random state that ``build`` leaves, as a single run
+        started right after would. ``run_options`` go to `Trainer.run_steps`."""
+        trainer = build()
         stream = torch.cuda.Stream(trainer.device) if trainer.device.type == "cuda" else None
         self.members.append(_Member(trainer, run_options, GlobalRandomState.capture(), stream))
+        return trainer
 
     def run(self) -> list[TrainResult | NumericalFault | Interrupted]:
         """Every member to the end of its schedule (or its fault or interruption), in turns.
