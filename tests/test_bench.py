@@ -31,3 +31,16 @@ def test_bench_cli_appends_csv_rows(tmp_path, capsys):
 def test_bench_rejects_a_buffer_that_is_not_whole_epochs():
     with pytest.raises(ValueError, match="multiple of the epoch length"):
         measure_throughput("hopper", "mle", buffer_size=250, steps=200, preset="smoke")
+
+
+def test_bench_of_runs_in_turns_reports_per_run_throughput():
+    """Two runs in turns: each run's steps over the common wall time; the phase seconds are
+    the runs' mean, so twice them fits in the wall time."""
+    row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
+                             preset="smoke", population=2)
+    assert row["population"] == 2 and row["steps"] == 200
+    assert row["steps_per_s"] == pytest.approx(200 / row["wall_s"])
+    phases = [row[f"time_{p}"] for p in PHASES]
+    assert all(t > 0 for t in phases) and 2 * sum(phases) <= row["wall_s"] * 1.01
+    with pytest.raises(ValueError, match="--seeds = 0 is not allowed: it must be >= 1"):
+        measure_throughput("hopper", "mle", buffer_size=200, preset="smoke", population=0)

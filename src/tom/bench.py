@@ -20,6 +20,7 @@ import torch
 
 from tom.config import resolve, set_value
 from tom.mbpo import PHASES, Trainer
+from tom.population import Population
 
 
 def fill(trainer: Trainer, steps: int) -> None:
@@ -43,44 +44,66 @@ def fill(trainer: Trainer, steps: int) -> None:
 
 def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
                        steps: int = 1000, device: str = "cpu", threads: int = 1,
-                       preset: str = "paper", overrides: list[str] | None = None
-                       ) -> dict[str, Any]:
-    """Time ``steps`` real steps (rounded up to whole epochs) after a ``buffer_size`` fill."""
+                       preset: str = "paper", overrides: list[str] | None = None,
+                       population: int = 1) -> dict[str, Any]:
+    """Time ``steps`` real steps (rounded up to whole epochs) after a ``buffer_size`` fill.
+
+    With ``population`` > 1, that many runs (seeds 0, 1, ...) take turns in one process
+    (`tom.population`): real steps per second are per run (each run's steps over the common
+    wall time), and the phase seconds are the runs' mean."""
     torch.set_num_threads(threads)
-    cfg = resolve(env, objective, preset=preset, overrides=overrides or [], device=device)
-    length = cfg.schedule.epoch_length
-    if buffer_size % length or buffer_size < cfg.schedule.init_steps:
+    if population < 1:
+        raise ValueError(f"--seeds = {population} is not allowed: it must be >= 1")
+    cfgs = [resolve(env, objective, seed=seed, preset=preset, overrides=overrides or [],
+                    device=device) for seed in range(population)]
+    length = cfgs[0].schedule.epoch_length
+    if buffer_size % length or buffer_size < cfgs[0].schedule.init_steps:
         raise ValueError(f"--buffer-size = {buffer_size} must be a multiple of the epoch length "
-                         f"{length} and >= schedule.init_steps = {cfg.schedule.init_steps}")
+                         f"{length} and >= schedule.init_steps = {cfgs[0].schedule.init_steps}")
     epochs = math.ceil(steps / length)
-    set_value(cfg, "schedule.epochs", buffer_size // length + epochs)
-    trainer = Trainer(cfg)
-    fill(trainer, buffer_size)
-    trainer.epoch = buffer_size // length
+    for cfg in cfgs:
+        set_value(cfg, "schedule.epochs", buffer_size // length + epochs)
+    first_fit = 0.0
+
+    def prepared(cfg) -> Trainer:
+        nonlocal first_fit
+        trainer = Trainer(cfg)
+        fill(trainer, buffer_size)
+        trainer.epoch = buffer_size // length
+        start = time.perf_counter()
+        trainer._refit()  # the first fit from scratch: not part of a run's steady state
+        first_fit += time.perf_counter() - start
+        trainer.times.clear()
+        return trainer
+
+    pop = Population()
+    trainers = [pop.add(lambda cfg=cfg: prepared(cfg)) for cfg in cfgs]
     start = time.perf_counter()
-    trainer._refit()  # the first fit from scratch: not part of a run's steady state
-    first_fit = time.perf_counter() - start
-    trainer.times.clear()
-    start = time.perf_counter()
-    result = trainer.run()
+    if population == 1:
+        trainers[0].run()
+    else:
+        pop.run()
     wall = time.perf_counter() - start
-    timed = result.metrics
+    timed = [row for trainer in trainers for row in trainer.result.metrics]
     return {
         "env": env, "objective": objective, "device": device, "threads": threads,
-        "compile": cfg.compile, "cuda_graph": cfg.cuda_graph,
+        "compile": cfgs[0].compile, "cuda_graph": cfgs[0].cuda_graph, "population": population,
         "buffer_size": buffer_size, "steps": epochs * length,
         "steps_per_s": epochs * length / wall,
         "steps_per_s_median_epoch": statistics.median(row["sps"] for row in timed),
-        "first_fit_s": first_fit, "wall_s": wall,
-        **{f"time_{phase}": trainer.times[phase] for phase in PHASES},
+        "first_fit_s": first_fit / population, "wall_s": wall,
+        **{f"time_{phase}": statistics.mean(t.times[phase] for t in trainers)
+           for phase in PHASES},
     }
 
 
 def format_row(row: dict[str, Any]) -> str:
     phases = ", ".join(f"{p} {row[f'time_{p}']:.1f}" for p in PHASES)
+    runs = (f", {row['population']} runs in turns (per run:)" if row["population"] > 1
+            else "")
     return (f"{row['env']}/{row['objective']} {row['device']}"
             f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "
-            f"{row['threads']} thread(s), "
+            f"{row['threads']} thread(s){runs}, "
             f"buffer {row['buffer_size']}: {row['steps_per_s']:.2f} real steps/s "
             f"(median epoch {row['steps_per_s_median_epoch']:.2f}) over {row['steps']} steps; "
             f"seconds: {phases}")

@@ -237,12 +237,15 @@ def _notebook(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from tom.bench import format_row, measure_throughput
 
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds = {args.seeds} is not allowed: it must be >= 1")
     rows = []
     for objective in args.objective:
         for buffer_size in args.buffer_size:
             row = measure_throughput(args.env, objective, buffer_size=buffer_size,
                                      steps=args.steps, device=args.device, threads=args.threads,
-                                     preset=args.preset, overrides=args.set)
+                                     preset=args.preset, overrides=args.set,
+                                     population=args.seeds)
             print(format_row(row), flush=True)
             rows.append(row)
     if args.csv:
@@ -303,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--steps", type=int, default=1000, help="timed real steps (whole epochs)")
     be.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     be.add_argument("--threads", type=int, default=2)
+    be.add_argument("--seeds", type=int, default=1, metavar="P",
+                    help="P runs (seeds 0..P-1) in one process, in turns (as `tom train "
+                    "--seeds`); real steps/s are per run")
     be.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     be.add_argument("--csv", help="append one row per measurement to this CSV")
     be.set_defaults(func=_bench)
