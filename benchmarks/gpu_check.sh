@@ -6,7 +6,9 @@
 #      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
 #      and compiled; the model step; a rollout step; a TOM refit;
-#   4. the population scaling of the inner steps (population.py --device cuda).
+#   4. the population scaling of the inner steps (population.py --device cuda);
+#   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
+#      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective.
 # Each part has its own time limit and the whole a deadline (BUDGET seconds, default 500):
 # a part that would start after it is skipped, and said so. Logs and the CSV go to $OUT
 # (default ./gpu_out).
@@ -18,6 +20,7 @@ set -u
 OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-500}
 OBJECTIVES=${OBJECTIVES:-"tom mle"}
+POPULATIONS=${POPULATIONS:-"2 5"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
@@ -65,6 +68,11 @@ part micro 150 python3 benchmarks/throughput.py micro --device cuda --threads 2 
     --sac eager graph compile graph+compile
 part population 90 python3 benchmarks/population.py --device cuda --members 1 2 5 10 20 \
     --repeats 5
+for size in $POPULATIONS; do
+    part "population_bench_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
+        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
+        --csv "$OUT/bench.csv"
+done
 for objective in ${OBJECTIVES#"$first"}; do
     bench "$objective" eager
     bench "$objective" graph

@@ -218,6 +218,30 @@ def test_paper_dry_run_schedules_one_train_job_per_run(smoke, profile):
     assert set(scheduled) == expected
 
 
+def test_seeds_per_job_groups_seeds_into_one_process_per_job(smoke):
+    """`seeds_per_job=2` with the paper's seeds 0-4: per (task, objective), one job for seeds
+    0 1, one for 2 3 and one for 4, each a `tom train --seeds` writing every seed's files."""
+    work, _, _ = smoke
+    done = snakemake(work, "all", "-n", "-p", "--configfile", "config/paper.yaml",
+                     "--config", "seeds_per_job=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    pairs = {(e, o) for e, o, _ in planned_runs(work / "config" / "paper.yaml")}
+    counts = job_counts(output)
+    assert "train" not in counts
+    assert {k: v for k, v in counts.items() if k.startswith("train")} == {
+        "train_seeds_0_1": len(pairs), "train_seeds_2_3": len(pairs), "train_seeds_4": len(pairs)}
+    commands = re.findall(r"exec tom train --env ([\w-]+) --objective ([\w-]+) --seeds ([\d ]+?) "
+                          r"--preset paper .*--out '(results/runs/[\w-]+/[\w-]+/\{seed\})'",
+                          output)
+    assert len(commands) == 3 * len(pairs)
+    assert {(e, o) for e, o, _, _ in commands} == pairs
+    assert {seeds for _, _, seeds, _ in commands} == {"0 1", "2 3", "4"}
+    done = snakemake(work, "all", "-n", "--configfile", "config/paper.yaml",
+                     "--config", "seeds_per_job=0")
+    assert done.returncode != 0 and "seeds_per_job" in done.stdout + done.stderr
+
+
 def test_editing_a_preset_reruns_the_runs_it_changes(smoke):
     """The train rule's params carry a digest of the resolved config, so a preset edit in
     tom.config (not a file Snakemake tracks) still reruns every run whose config it changes."""

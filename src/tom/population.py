@@ -78,7 +78,10 @@ class Population:
         run continues from the global random state that ``build`` leaves, as a single run
         started right after would. ``run_options`` go to `Trainer.run_steps`."""
         trainer = build()
-        stream = torch.cuda.Stream(trainer.device) if trainer.device.type == "cuda" else None
+        stream = None
+        if trainer.device.type == "cuda":  # its own stream, after what building it queued
+            stream = torch.cuda.Stream(trainer.device)
+            stream.wait_stream(torch.cuda.current_stream(trainer.device))
         self.members.append(_Member(trainer, run_options, GlobalRandomState.capture(), stream))
         return trainer
 
@@ -96,6 +99,9 @@ class Population:
                     if not self._turn(member):
                         active.remove(member)
         finally:
+            for member in self.members:  # the caller reads the results on its own stream
+                if member.stream is not None:
+                    torch.cuda.current_stream(member.trainer.device).wait_stream(member.stream)
             outer.restore()
         return [m.outcome for m in self.members]
 

@@ -133,14 +133,24 @@ def train_mem_mb(wildcards, attempt):
 
 def resolved_hyperparameters(wildcards):
     """Digest of the run's resolved config: a change to a preset in tom.config reruns the run."""
+    return config_digest(wildcards.env, wildcards.objective, int(wildcards.seed))
+
+
+def config_digest(env, objective, seed):
     import hashlib
 
     from tom.config import resolve
 
-    cfg = resolve(wildcards.env, wildcards.objective, int(wildcards.seed), config["preset"],
-                  list(config["overrides"]), config["device"])
+    cfg = resolve(env, objective, seed, config["preset"], list(config["overrides"]),
+                  config["device"])
     text = json.dumps(cfg.to_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def seed_groups():
+    """`seeds` in groups of `seeds_per_job`, in order: the seeds of one training job."""
+    seeds, size = config["seeds"], config["seeds_per_job"]
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
 def run_outputs(wildcards):
