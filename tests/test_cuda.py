@@ -204,3 +204,22 @@ def test_loop_on_cuda_with_graphs(objective):
         if graphed:
             assert trainer.agent._step.captured and trainer.model.cuda_graph
     print(f"{objective}: eager returns {returns[False]}, graphed {returns[True]}")
+
+
+@cuda
+def test_seeds_in_turns_on_cuda_equal_their_single_runs():
+    """`tom.population` on the GPU: each member on its own CUDA stream, with graphs, swapping
+    the CUDA generator's state between turns, gives its single run's evaluation returns."""
+    from tom.population import Population
+
+    def cfg(seed: int):
+        return resolve("hopper", "tom", seed=seed, preset="smoke", device="cuda")
+
+    single = {seed: [row["return_mean"] for row in Trainer(cfg(seed)).run().metrics]
+              for seed in (0, 1)}
+    population = Population()
+    for seed in (0, 1):
+        population.add(lambda seed=seed: Trainer(cfg(seed)))
+    for seed, result in zip((0, 1), population.run(), strict=True):
+        assert [row["return_mean"] for row in result.metrics] == pytest.approx(
+            single[seed], rel=1e-5)
