@@ -8,7 +8,9 @@
 #      and compiled; the model step; a rollout step; a TOM refit;
 #   4. the population scaling of the inner steps (population.py --device cuda);
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
-#      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective.
+#      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
+#   6. where PAPER_CODE names a checkout of the paper's code (carried along; never
+#      committed), the side by side on the GPU (paper_code.py --device cuda).
 # Each part has its own time limit and the whole a deadline (BUDGET seconds, default 500):
 # a part that would start after it is skipped, and said so. Logs and the CSV go to $OUT
 # (default ./gpu_out).
@@ -73,6 +75,11 @@ for size in $POPULATIONS; do
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
 done
+if [ -n "${PAPER_CODE:-}" ]; then
+    part paper_code 400 python3 benchmarks/paper_code.py --checkout "$PAPER_CODE" \
+        --device cuda --env hopper --objective $OBJECTIVES --buffer-size 20000 --epochs 1 \
+        --threads 2 --csv "$OUT/paper_code.csv"
+fi
 for objective in ${OBJECTIVES#"$first"}; do
     bench "$objective" eager
     bench "$objective" graph

@@ -1,13 +1,15 @@
 """Side by side: real steps per second of the paper's code and of ours, same task, same budget.
 
     python benchmarks/paper_code.py --checkout /path/to/TOM --env hopper --objective mle tom \
-        --buffer-size 20000 --epochs 1 --threads 2 [--csv benchmarks/paper_code.csv]
+        --buffer-size 20000 --epochs 1 --threads 2 [--device cuda] [--csv benchmarks/paper_code.csv]
 
 ``--checkout`` is an unmodified checkout of the paper's code (GitHub kausiksivakumar/TOM,
 commit 4d196c3; the search tool's ``fetch`` brings it). Nothing of it is copied here: it is
 run as it is, under an adapter (the ``_run`` mode of this script) that makes it run on
 Gymnasium v5 and a CPU without touching its files (benchmarks/README.md says what the adapter
-changes). For each objective, one after the other, never at the same time:
+changes). With ``--device cuda`` both run on the GPU: the paper's code on the CUDA device it
+hard-codes, ours with ``--device cuda`` (CUDA graphs, its default there). For each objective,
+one after the other, never at the same time:
 
 - the paper's code runs ``mbpo.py`` with its own defaults for the task (``--method mbpo`` for
   ``mle``, ``--method tom --use_disc --f chi`` for ``tom``), its initial exploration set to
@@ -48,6 +50,8 @@ PAPER_METHODS = {
 GYMNASIUM_IDS = {"Hopper-v2": "Hopper-v5", "Walker2d-v2": "Walker2d-v5",
                  "HalfCheetah-v2": "HalfCheetah-v5"}
 EPOCH_LINE = re.compile(r"^Epoch (\d+) Eval_Reward")
+# Tells the paper code's process (the ``_run`` mode) where to run: anything but "cuda" is the CPU.
+DEVICE_VARIABLE = "TOM_PAPER_CODE_DEVICE"
 
 
 # -- the adapter: runs inside the paper code's process ------------------------------------------
@@ -125,12 +129,17 @@ def _redirect_cuda_to_cpu() -> None:
         setattr(torch, name, redirect(getattr(torch, name), None))
 
 
-def run_paper_code(checkout: Path, argv: list[str]) -> None:
-    """Run the checkout's ``mbpo.py`` with ``argv`` in this process, under the adapter."""
+def _on_cuda() -> bool:
+    """Whether the paper's code keeps its CUDA devices: asked for (``--device cuda``) and there."""
     import torch
 
+    return os.environ.get(DEVICE_VARIABLE, "cpu") == "cuda" and torch.cuda.is_available()
+
+
+def run_paper_code(checkout: Path, argv: list[str]) -> None:
+    """Run the checkout's ``mbpo.py`` with ``argv`` in this process, under the adapter."""
     _install_gym_module()
-    if not torch.cuda.is_available():
+    if not _on_cuda():
         _redirect_cuda_to_cpu()
     os.chdir(checkout)
     sys.path.insert(0, str(checkout))
@@ -141,12 +150,13 @@ def run_paper_code(checkout: Path, argv: list[str]) -> None:
 # -- the side-by-side measurement ---------------------------------------------------------------
 
 def paper_code_epochs(checkout: Path, env: str, objective: str, buffer_size: int, epochs: int,
-                      threads: int, log: Path, seed: int = 0) -> list[float]:
+                      threads: int, log: Path, seed: int = 0, device: str = "cpu"
+                      ) -> list[float]:
     """Wall seconds of the paper code's epochs 1…epochs (each 1 000 real steps + evaluation)."""
     argv = ["--env", PAPER_ENVS[env], *PAPER_METHODS[objective], "--seed", str(seed),
             "--init_exploration_steps", str(buffer_size - 1000)]
     environ = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", DEVICE_VARIABLE: device}
     command = [sys.executable, __file__, "_run", str(checkout), *argv]
     stamps: list[float] = []
     with log.open("w") as err, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err,
@@ -179,6 +189,8 @@ def main() -> None:
     parser.add_argument("--buffer-size", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs of 1 000 steps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where both run (cuda: the paper's code as it is written)")
     parser.add_argument("--compile", action="store_true",
                         help="ours with compile=true (torch.compile of the inner steps)")
     parser.add_argument("--csv", type=Path)
@@ -196,26 +208,32 @@ def main() -> None:
     from tom.bench import measure_throughput
     from tom.outputs import git_commit
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+
     rows = []
     for objective in args.objective:
         log = Path(tempfile.gettempdir()) / f"paper_code_{args.env}_{objective}.log"
         print(f"{args.env}/{objective}: the paper's code ({args.checkout}) ...", flush=True)
         paper = paper_code_epochs(args.checkout, args.env, objective, args.buffer_size,
-                                  args.epochs, args.threads, log)
+                                  args.epochs, args.threads, log, device=args.device)
         paper_sps = 1000 / statistics.median(paper)
         print(f"{args.env}/{objective}: ours ...", flush=True)
         ours = measure_throughput(args.env, objective, buffer_size=args.buffer_size,
                                   steps=1000 * args.epochs, threads=args.threads,
+                                  device=args.device,
                                   overrides=["compile=true"] if args.compile else [])
         ours_sps = ours["steps_per_s_median_epoch"]
-        rows.append({"env": args.env, "objective": objective, "threads": args.threads,
+        rows.append({"env": args.env, "objective": objective, "device": args.device,
+                     "threads": args.threads,
                      "buffer_size": args.buffer_size, "epochs": args.epochs,
                      "compile": args.compile,
                      "paper_code_steps_per_s": round(paper_sps, 3),
                      "ours_steps_per_s": round(ours_sps, 3),
                      "ratio": round(ours_sps / paper_sps, 3),
                      "commit": git_commit(), "torch": torch.__version__})
-        print(f"{args.env}/{objective}, {args.threads} thread(s), buffer {args.buffer_size}"
+        print(f"{args.env}/{objective}, {args.device}, {args.threads} thread(s), "
+              f"buffer {args.buffer_size}"
               f"{', ours compiled' if args.compile else ''}: "
               f"paper's code {paper_sps:.2f} real steps/s, ours {ours_sps:.2f}: "
               f"{ours_sps / paper_sps:.2f}×", flush=True)

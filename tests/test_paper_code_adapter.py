@@ -71,3 +71,20 @@ def test_cuda_devices_mean_the_cpu_under_the_adapter():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_paper_code_keeps_cuda_only_when_asked_and_present(monkeypatch):
+    """`--device cuda` only: on a GPU machine the default still runs the paper's code on the
+    CPU, where ours runs."""
+    import torch
+
+    adapter = _adapter()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv(adapter.DEVICE_VARIABLE, raising=False)
+    assert not adapter._on_cuda()
+    monkeypatch.setenv(adapter.DEVICE_VARIABLE, "cpu")
+    assert not adapter._on_cuda()
+    monkeypatch.setenv(adapter.DEVICE_VARIABLE, "cuda")
+    assert adapter._on_cuda()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not adapter._on_cuda()
