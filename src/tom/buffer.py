@@ -49,14 +49,11 @@ def weighted_indices(weights: Tensor, num: int, check: bool = True) -> Tensor:
     if weights.ndim != 1 or weights.numel() == 0:
         raise ValueError("weights must be a non-empty 1-d tensor, "
                          f"got shape {tuple(weights.shape)}")
-    if check and not _valid_weights(weights):
-        raise ValueError("weights must be finite, non-negative and not all zero")
+    if check:
+        total = weights.sum()
+        if not torch.isfinite(total) or total <= 0 or (weights < 0).any():
+            raise ValueError("weights must be finite, non-negative and not all zero")
     return torch.multinomial(weights, num, replacement=True)
-
-
-def _valid_weights(weights: Tensor) -> bool:
-    total = weights.sum()
-    return bool(torch.isfinite(total) and total > 0 and not (weights < 0).any())
 
 
 class ReplayBuffer:

@@ -21,46 +21,22 @@ member's result or the exception that ended it.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
+from tom.checkpoint import rng_state, set_rng_state
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
-
-
-@dataclass
-class GlobalRandomState:
-    """The process-wide generator states a run draws from."""
-
-    python: Any
-    numpy: Any
-    torch_cpu: torch.Tensor
-    torch_cuda: list[torch.Tensor] | None
-
-    @classmethod
-    def capture(cls) -> GlobalRandomState:
-        cuda = (torch.cuda.get_rng_state_all()
-                if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
-        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
-
-    def restore(self) -> None:
-        random.setstate(self.python)
-        np.random.set_state(self.numpy)
-        torch.set_rng_state(self.torch_cpu)
-        if self.torch_cuda is not None:
-            torch.cuda.set_rng_state_all(self.torch_cuda)
 
 
 @dataclass
 class _Member:
     trainer: Trainer
     run_options: dict[str, Any]
-    rng: GlobalRandomState
+    rng: dict[str, Any]  # tom.checkpoint.rng_state()
     stream: Any = None  # torch.cuda.Stream on a GPU
     steps: Any = None
     outcome: TrainResult | BaseException | None = field(default=None)
@@ -82,14 +58,14 @@ class Population:
         if trainer.device.type == "cuda":  # its own stream, after what building it queued
             stream = torch.cuda.Stream(trainer.device)
             stream.wait_stream(torch.cuda.current_stream(trainer.device))
-        self.members.append(_Member(trainer, run_options, GlobalRandomState.capture(), stream))
+        self.members.append(_Member(trainer, run_options, rng_state(), stream))
         return trainer
 
     def run(self) -> list[TrainResult | NumericalFault | Interrupted]:
         """Every member to the end of its schedule (or its fault or interruption), in turns.
 
         The caller's global random state is restored afterwards."""
-        outer = GlobalRandomState.capture()
+        outer = rng_state()
         try:
             for member in self.members:
                 member.steps = member.trainer.run_steps(**member.run_options)
@@ -102,13 +78,13 @@ class Population:
             for member in self.members:  # the caller reads the results on its own stream
                 if member.stream is not None:
                     torch.cuda.current_stream(member.trainer.device).wait_stream(member.stream)
-            outer.restore()
+            set_rng_state(outer)
         return [m.outcome for m in self.members]
 
     @staticmethod
     def _turn(member: _Member) -> bool:
         """One step of ``member`` in its own random state and stream; False once it ended."""
-        member.rng.restore()
+        set_rng_state(member.rng)
         stream = (torch.cuda.stream(member.stream) if member.stream is not None
                   else contextlib.nullcontext())
         try:
@@ -120,5 +96,5 @@ class Population:
         except (NumericalFault, Interrupted) as stopped:
             member.outcome = stopped
         finally:
-            member.rng = GlobalRandomState.capture()
+            member.rng = rng_state()
         return False

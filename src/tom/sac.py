@@ -169,7 +169,6 @@ class SAC:
         self.cfg, self.device = cfg, torch.device(device)
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
-        self.cuda_graph = cuda_graph
         sizes = (cfg.hidden_size, cfg.hidden_layers)
         self.actor = Actor(obs_dim, act_dim, *sizes).to(self.device)
         self.critic = TwinQ(obs_dim, act_dim, *sizes).to(self.device)
