@@ -9,13 +9,16 @@
 #   4. the population scaling of the inner steps (population.py --device cuda);
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#   6. where PAPER_CODE names a checkout of the paper's code (carried along; never
+#   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
+#      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
+#   7. where PAPER_CODE names a checkout of the paper's code (carried along; never
 #      committed), the side by side on the GPU (paper_code.py --device cuda).
-# Each part has its own time limit and the whole a deadline (BUDGET seconds, default 500):
-# a part that would start after it is skipped, and said so. Logs and the CSV go to $OUT
-# (default ./gpu_out).
+# PARTS picks which run (default "tests bench micro population seeds processes paper_code";
+# "bench" is 2 and its runs of the other objectives, "seeds" is 5). Each part has its own
+# time limit and the whole a deadline (BUDGET seconds, default 500): a part that would start
+# after it is skipped, and said so. Logs and the CSV go to $OUT (default ./gpu_out).
 #
-#     bash benchmarks/gpu_check.sh            # or BUDGET=300 OBJECTIVES="tom" bash ...
+#     bash benchmarks/gpu_check.sh   # or BUDGET=300 PARTS="tests seeds" POPULATIONS="1 10" bash ...
 #
 # Where .whl/ holds wheels (a machine without a package index), they are installed first.
 set -u
@@ -23,6 +26,8 @@ OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-500}
 OBJECTIVES=${OBJECTIVES:-"tom mle"}
 POPULATIONS=${POPULATIONS:-"2 5"}
+PROCESSES=${PROCESSES:-}
+PARTS=${PARTS:-"tests bench micro population seeds processes paper_code"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
@@ -34,10 +39,13 @@ if [ -d .whl ]; then
 fi
 
 # part NAME LIMIT COMMAND...: run COMMAND under min(LIMIT, time left), its output to
-# $OUT/NAME.log and to the screen.
+# $OUT/NAME.log and to the screen; only where PARTS names NAME or what NAME_... begins with.
 part() {
     local name=$1 limit=$2 left
     shift 2
+    local kind
+    for kind in $PARTS ""; do [[ $name == "$kind" || $name == "$kind"_* ]] && break; done
+    [ -n "$kind" ] || return 0
     left=$((BUDGET - (SECONDS - start)))
     if [ "$left" -lt 30 ]; then
         echo "== $name: skipped, $left s left of $BUDGET"
@@ -71,9 +79,18 @@ part micro 150 python3 benchmarks/throughput.py micro --device cuda --threads 2 
 part population 90 python3 benchmarks/population.py --device cuda --members 1 2 5 10 20 \
     --repeats 5
 for size in $POPULATIONS; do
-    part "population_bench_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
+    part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
+done
+for count in $PROCESSES; do  # each process writes its own CSV and log; their last lines
+    part "processes_$count" 300 bash -c 'for i in $(seq 1 "$1"); do
+            python3 -m tom.cli bench --env hopper --objective "$2" --device cuda --threads 1 \
+                --buffer-size 20000 --steps 1000 --csv "$3/processes_$1_$i.csv" \
+                >"$3/processes_$1_$i.log" 2>&1 &
+        done
+        wait
+        tail -q -n 1 "$3"/processes_"$1"_*.log' _ "$count" "$first" "$OUT"
 done
 if [ -n "${PAPER_CODE:-}" ]; then
     part paper_code 400 python3 benchmarks/paper_code.py --checkout "$PAPER_CODE" \

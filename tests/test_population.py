@@ -3,7 +3,9 @@ exactly (on a CPU), and a member that stops leaves the others running."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -34,11 +36,14 @@ def _parameters(trainer: Trainer) -> list[torch.Tensor]:
                                          *trainer.model.parameters())]
 
 
-@pytest.mark.parametrize("objective", ["tom", "mle"])
-def test_members_equal_their_single_runs_bit_for_bit(objective):
+@pytest.mark.parametrize(("objective", "threads"),
+                         [("tom", False), ("mle", False), ("tom", True), ("mle", True)])
+def test_members_equal_their_single_runs_bit_for_bit(objective, threads):
     """Seeds 0, 1 and 2 in turns against each alone: the same metrics, weight rows and final
-    networks, exactly. Without the swap of the global random state, member 1 would draw
-    after member 0 and differ at its first SAC update."""
+    networks, exactly, in turns of one real step in this thread (the default on a CPU) and
+    in threads that pass the turn inside steps too (the default on a GPU). Without the swap
+    of the global random state, member 1 would draw after member 0 and differ at its first
+    SAC update."""
     singles = {}
     for seed in (0, 1, 2):
         trainer = Trainer(_cfg(seed, objective))
@@ -46,7 +51,7 @@ def test_members_equal_their_single_runs_bit_for_bit(objective):
     torch.manual_seed(123)
     np.random.seed(123)
     caller = (torch.get_rng_state(), np.random.get_state()[1].copy())
-    population = Population()
+    population = Population(threads=threads)
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, objective)))
                 for seed in (0, 1, 2)]
     # Adding seeds the global generators (as Trainer does); run restores what it found.
@@ -64,11 +69,12 @@ def test_members_equal_their_single_runs_bit_for_bit(objective):
     assert _untimed(results[0]) != _untimed(results[1])
 
 
-def test_a_member_that_fails_leaves_the_others_running(monkeypatch):
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_member_that_fails_leaves_the_others_running(monkeypatch, threads):
     """A numerical fault in member 1's first refit: it ends with the fault, members 0 and 2
     run to the end and still equal their single runs."""
     single = {seed: Trainer(_cfg(seed)).run() for seed in (0, 2)}
-    population = Population()
+    population = Population(threads=threads)
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1, 2)]
 
     def fault():
@@ -80,6 +86,53 @@ def test_a_member_that_fails_leaves_the_others_running(monkeypatch):
     assert "model training loss is not finite, in phase 'model'" in str(results[1])
     assert _untimed(results[0]) == _untimed(single[0])
     assert _untimed(results[2]) == _untimed(single[2])
+
+
+def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
+    """A member passes the turn after each real step and also inside it, where it would wait
+    for its GPU work: after its SAC block, each model-fit epoch, the discriminator's training
+    and the dual's steps. The next member takes each turn, so members' work overlaps on a
+    GPU; a member that leaves a pass out of one of these places fails this test."""
+    population = Population(threads=True)
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1)]
+    passes: list[tuple[int, str]] = []
+    original = Population._pass_turn
+
+    def recording(self, member):
+        caller = next(f.function for f in inspect.stack(context=0)[1:]
+                      if f.function == "_member_thread"
+                      or not f.filename.endswith(("population.py", "turns.py")))
+        passes.append(([m.trainer for m in self.members].index(member.trainer), caller))
+        original(self, member)
+
+    monkeypatch.setattr(Population, "_pass_turn", recording)
+    population.run()
+    assert {where for _, where in passes} == {
+        "_member_thread", "_sac_block", "fit", "_shaping_reward", "_train_dual"}
+    members = [who for who, _ in passes]
+    # Both run to the same end, so they alternate throughout: 0, 1, 0, 1, ...
+    assert members == [i % 2 for i in range(len(members))]
+    steps = trainers[0].total_steps
+    assert members.count(0) > steps  # more than once per real step
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_an_unexpected_error_ends_every_member_and_is_raised(monkeypatch, threads):
+    """A bug (not a numerical fault) in member 1's first refit: `run` raises it, after
+    every member has ended; the caller's random state is restored."""
+    population = Population(threads=threads)
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1, 2)]
+
+    def bug():
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(trainers[1], "_refit", bug)
+    before = torch.get_rng_state()
+    with pytest.raises(KeyError, match="a bug"):
+        population.run()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not any(t.name.startswith("tom population") for t in threading.enumerate())
+    assert all(t.env_steps < t.total_steps for t in trainers)
 
 
 class _StopAfter:

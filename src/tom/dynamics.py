@@ -33,6 +33,7 @@ from tom.compile import compiled
 from tom.config import ModelConfig
 from tom.cuda_graph import GraphedStep
 from tom.optim import adam
+from tom.turns import pass_turn
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -437,6 +438,7 @@ class DynamicsModel(nn.Module, ABC):
                 step()
             self.eval()
             epochs += 1
+            pass_turn()  # in a population: the others' work runs while this epoch's does
             train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
             finite = finite and math.isfinite(train_loss)
             losses = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)

@@ -44,6 +44,7 @@ from tom.objectives import (
     weight_statistics,
 )
 from tom.sac import SAC
+from tom.turns import pass_turn
 
 PHASES = ("env", "objective", "model", "rollout", "sac", "eval")
 
@@ -351,6 +352,7 @@ class Trainer:
             if model is not None and mixed[i]:
                 batch, k = Transition.cat([batch, model.index(k)]), k + 1
             self.sac_stats = self.agent.update(batch)
+        pass_turn()  # in a population, the next member's step runs while this block does
         _require_finite("sac", self.env_steps,
                         **{f"SAC_{k.replace('_', ' ')}": v for k, v in self.sac_stats.items()})
         self.times["sac"] += time.perf_counter() - t0

@@ -1,32 +1,42 @@
 """Several runs (seeds) of one task and objective trained in one process, taking turns.
 
-Each member is a `Trainer` of its own, with its own environments, buffers and networks; the
-members take turns one real step at a time (`Trainer.run_steps`: the step, then the refit and
-the SAC updates due after it). The global random generators (torch's CPU and CUDA ones,
-numpy's, Python's) are one per process, so before its turn a member's generator states are
-put in place and after it they are taken back: each member draws exactly what a single run
-of its seed draws, and its results are that run's, bit for bit on a CPU (the tests check it).
+Each member is a `Trainer` of its own, with its own environments, buffers and networks; one
+member runs at a time. A member holds the turn for at most one real step (`Trainer.run_steps`:
+the step, then the refit and the SAC updates due after it). The global random generators
+(torch's CPU and CUDA ones, numpy's, Python's) are one per process, so before its turn a
+member's generator states are put in place and after it they are taken back: each member
+draws exactly what a single run of its seed draws, and its results are that run's, bit for
+bit on a CPU (the tests check it).
 
 What it is for: on a GPU one run's steps occupy a small part of the chip (benchmarks/
-RESULTS.md: stacked, twenty members' steps cost about what one does). Each member's work goes
-to its own CUDA stream, so one member's kernels can run while the next member's step is being
-launched. On a CPU it gains nothing over running the seeds as separate processes (it is
-measured in benchmarks/RESULTS.md); there it serves to check that members equal single runs.
+RESULTS.md: stacked, twenty members' steps cost about what one does). There each member runs
+in a thread of its own, with its own CUDA stream, and passes the turn not only after each
+real step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`:
+after its SAC block, each model-fit epoch, the discriminator's and the dual's training). The
+next members then launch their work while this member's runs, and the chip runs several
+members' kernels at once. Grad mode and the current stream are per thread, so each member
+keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP gives each
+calling thread its own team of workers, which on 2 cores made members 40 % slower
+(benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
+each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU).
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
-member's result or the exception that ended it.
+member's result or the exception that ended it. Any other exception ends every member (in
+threads, each at its next turn) and is raised by `run`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from tom import turns
 from tom.checkpoint import rng_state, set_rng_state
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
@@ -36,17 +46,27 @@ from tom.mbpo import NumericalFault, Trainer, TrainResult
 class _Member:
     trainer: Trainer
     run_options: dict[str, Any]
-    rng: dict[str, Any]  # tom.checkpoint.rng_state()
+    rng: dict[str, Any]  # tom.checkpoint.rng_state() while another member holds the turn
     stream: Any = None  # torch.cuda.Stream on a GPU
-    steps: Any = None
-    outcome: TrainResult | BaseException | None = field(default=None)
+    steps: Any = None  # Trainer.run_steps, taking turns in the caller's thread
+    go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    outcome: TrainResult | BaseException | None = None
+
+
+class _Cancelled(BaseException):
+    """Ends a member at its turn after another member failed unexpectedly."""
 
 
 class Population:
     """Runs added with `add`, then `run` together."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: bool | None = None) -> None:
+        """``threads``: each member in a thread of its own (see above); None: where the
+        members are on a GPU."""
+        self.threads = threads
         self.members: list[_Member] = []
+        self._active: list[_Member] = []  # changed only by the member holding the turn
+        self._failure: BaseException | None = None
 
     def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
         """Add the trainer ``build()`` returns (`Trainer(cfg)`, which seeds the global
@@ -66,24 +86,37 @@ class Population:
 
         The caller's global random state is restored afterwards."""
         outer = rng_state()
+        self._active, self._failure = list(self.members), None
+        threads = self.threads
+        if threads is None:
+            threads = any(member.stream is not None for member in self.members)
         try:
-            for member in self.members:
-                member.steps = member.trainer.run_steps(**member.run_options)
-            active = list(self.members)
-            while active:
-                for member in list(active):
-                    if not self._turn(member):
-                        active.remove(member)
+            if threads:
+                self._run_in_threads()
+            else:
+                self._run_in_this_thread()
         finally:
             for member in self.members:  # the caller reads the results on its own stream
                 if member.stream is not None:
                     torch.cuda.current_stream(member.trainer.device).wait_stream(member.stream)
             set_rng_state(outer)
+        if self._failure is not None:
+            raise self._failure
         return [m.outcome for m in self.members]
 
+    # -- in the caller's thread: one real step per turn --------------------------------------
+
+    def _run_in_this_thread(self) -> None:
+        for member in self.members:
+            member.steps = member.trainer.run_steps(**member.run_options)
+        while self._active:
+            for member in list(self._active):
+                if not self._step(member):
+                    self._active.remove(member)
+
     @staticmethod
-    def _turn(member: _Member) -> bool:
-        """One step of ``member`` in its own random state and stream; False once it ended."""
+    def _step(member: _Member) -> bool:
+        """One real step of ``member`` in its random state and stream; False once it ended."""
         set_rng_state(member.rng)
         stream = (torch.cuda.stream(member.stream) if member.stream is not None
                   else contextlib.nullcontext())
@@ -98,3 +131,72 @@ class Population:
         finally:
             member.rng = rng_state()
         return False
+
+    # -- a thread per member, passing the turn inside steps too -------------------------------
+
+    def _run_in_threads(self) -> None:
+        threads = [threading.Thread(target=self._member_thread, args=(member,), daemon=True,
+                                    name=f"tom population member {i}")
+                   for i, member in enumerate(self.members)]
+        try:
+            for thread in threads:
+                thread.start()
+            if self._active:
+                self._active[0].go.release()
+        finally:
+            for thread in threads:
+                while thread.is_alive():  # in short waits, so that signal handlers run
+                    thread.join(0.2)
+
+    def _member_thread(self, member: _Member) -> None:
+        member.go.acquire()
+        set_rng_state(member.rng)
+        turns.register(_Turns(self, member))
+        stream = (torch.cuda.stream(member.stream) if member.stream is not None
+                  else contextlib.nullcontext())
+        try:
+            if self._failure is not None:
+                raise _Cancelled
+            with stream:
+                for _ in member.trainer.run_steps(**member.run_options):
+                    self._pass_turn(member)
+            member.outcome = member.trainer.result
+        except (NumericalFault, Interrupted) as stopped:
+            member.outcome = stopped
+        except _Cancelled:
+            pass
+        except BaseException as err:  # noqa: BLE001 (raised again by run, in the caller)
+            self._failure = err
+        finally:
+            turns.register(None)
+            self._leave(member)
+
+    def _pass_turn(self, member: _Member) -> None:
+        """From ``member``, which holds the turn, to the next member; back when it comes round."""
+        active = self._active
+        following = active[(active.index(member) + 1) % len(active)]
+        if following is not member:
+            member.rng = rng_state()
+            following.go.release()
+            member.go.acquire()
+            set_rng_state(member.rng)
+        if self._failure is not None:
+            raise _Cancelled
+
+    def _leave(self, member: _Member) -> None:
+        """``member`` ended while holding the turn: the next one takes it."""
+        i = self._active.index(member)
+        del self._active[i]
+        if self._active:
+            self._active[i % len(self._active)].go.release()
+
+
+@dataclass
+class _Turns:
+    """`tom.turns.Turns` for one member's thread."""
+
+    population: Population
+    member: _Member
+
+    def pass_turn(self) -> None:
+        self.population._pass_turn(self.member)

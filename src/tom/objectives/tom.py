@@ -43,6 +43,7 @@ from tom.cuda_graph import GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import adam
 from tom.sac import mlp, xavier_init_
+from tom.turns import pass_turn
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
 # anyway, so the argument is capped well below (the cap never binds at a sane optimum).
@@ -281,6 +282,7 @@ class TOMObjective(ReweightingObjective):
             return {}, lambda batch, is_recent: is_recent.float()
         disc = train_discriminator(buf, recent, self.tom, self.obs_dim, self.act_dim,
                                    self.cuda_graph)
+        pass_turn()  # in a population: the others' work runs while its training does
         stats = discriminator_statistics(disc, buf, recent)
         return stats, lambda batch, is_recent: disc(sas(batch))
 
@@ -314,6 +316,7 @@ class TOMObjective(ReweightingObjective):
         loss = torch.zeros(())
         for _ in range(t.dual_steps):
             loss = step()
+        pass_turn()  # in a population: the others' work runs while these steps do
         return {"dual_loss": loss.item()}
 
     def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
