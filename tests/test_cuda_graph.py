@@ -95,19 +95,25 @@ def test_reset_drops_the_graphs_and_warms_up_again(fake_cuda):
     assert step.captured == 1 and seen == [2.0] * 4
 
 
-def test_a_failed_capture_warns_and_runs_eagerly_from_then_on(fake_cuda, monkeypatch):
-    def broken(g):
-        raise RuntimeError("operation not permitted when stream is capturing")
-
-    monkeypatch.setattr(torch.cuda, "graph", broken)
+def test_a_failed_capture_warns_and_runs_eagerly_from_then_on(fake_cuda):
+    """A step that fails under capture (as one that synchronises does): the capture is
+    ended, one warning, and the step runs eagerly from then on."""
     seen: list[float] = []
-    step = GraphedStep(summing_step(seen), warmup=1)
+    summing = summing_step(seen)
+
+    def syncing(x: torch.Tensor) -> torch.Tensor:
+        if FakeGraph.capturing is not None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return summing(x)
+
+    step = GraphedStep(syncing, warmup=1)
     step(torch.ones(2))
     with pytest.warns(RuntimeWarning, match="CUDA graph failed; it runs eagerly "
                                             r"\(operation not permitted"):
         assert float(step(torch.full((2,), 2.0))) == 4.0
     assert float(step(torch.full((2,), 3.0))) == 6.0
     assert seen == [2.0, 4.0, 6.0] and step.captured == 0 and not step.enabled
+    assert FakeGraph.capturing is None
 
 
 def test_disabled_is_the_step_itself_and_warmup_must_be_positive():

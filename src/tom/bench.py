@@ -16,28 +16,33 @@ import statistics
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
+from tom.buffer import Transition
 from tom.config import resolve, set_value
 from tom.mbpo import PHASES, Trainer
 from tom.population import Population
 
 
 def fill(trainer: Trainer, steps: int) -> None:
-    """``steps`` real transitions with uniformly random actions into the trainer's buffer."""
+    """``steps`` real transitions with uniformly random actions into the trainer's buffer
+    (gathered on the host and added at once: one copy to a GPU, not one per transition)."""
     env, real = trainer.env, trainer.real
     obs, _ = env.reset()
-    as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    as_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
     real.add_initial_state(as_tensor(obs))
+    rows = []
     for _ in range(steps):
         act = env.action_space.sample()
         next_obs, reward, terminated, truncated, _ = env.step(act)
-        real.add(as_tensor(obs), as_tensor(act), float(reward), as_tensor(next_obs),
-                 float(terminated))
+        rows.append((obs, act, float(reward), next_obs, float(terminated)))
         obs = next_obs
         if terminated or truncated:
             obs, _ = env.reset()
             real.add_initial_state(as_tensor(obs))
+    if rows:
+        real.add_batch(Transition(*(as_tensor(column) for column in zip(*rows, strict=True))))
     trainer.obs = as_tensor(obs).to(trainer.device)
     trainer.env_steps = steps
 

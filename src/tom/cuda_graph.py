@@ -12,9 +12,15 @@ each replay) and tensors that keep their storage while the graph lives (paramete
 Adam's moments created with ``capturable=True``, a buffer's storage), and write in place.
 It must not synchronise with the host (no ``.item()``, no data-dependent Python branch),
 allocate what outlives the step, or change shape. Its first calls per input shape run
-eagerly on a side stream (they create the optimisers' moments and the libraries'
-workspaces, which capture requires to exist); if capturing fails, the step runs eagerly
-from then on, with one warning.
+eagerly (they create the optimisers' moments and the libraries' workspaces, which capture
+requires to exist); if capturing fails, the step runs eagerly from then on, with one warning.
+
+Streams: the eager calls run on the caller's current stream, not on a side stream as
+PyTorch's examples do. What they allocate to outlive them (an optimiser's moments) then
+belongs to the stream that replays the graph. A side stream comes from a pool shared by the
+whole process, so memory freed to it (a discriminator's moments when its training returns,
+with its replays still queued) could be handed to another run's work in a
+`tom.population` before those replays ran.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class GraphedStep:
             calls = self._calls.get(key, 0)
             self._calls[key] = calls + 1
             if calls < self.warmup:
-                return self._eager_on_side_stream(inputs)
+                return self.step(*inputs)
             entry = self._capture(inputs)
             if entry is None:
                 return self.step(*inputs)
@@ -73,20 +79,17 @@ class GraphedStep:
         graph.replay()
         return out.clone()
 
-    def _eager_on_side_stream(self, inputs: tuple[Tensor, ...]) -> Tensor:
-        main = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            out = self.step(*inputs)
-        main.wait_stream(side)
-        return out
-
     def _capture(self, inputs: tuple[Tensor, ...]):
         fixed = tuple(t.clone() for t in inputs)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):  # records the kernels; runs none of them
+            # Records the kernels and runs none. torch.cuda.graph first waits for the whole
+            # device: in a population (`tom.population`) that waits for every member's queued
+            # work. Capturing without the wait was tried: a population of 10 then failed on
+            # the GPU (an out-of-bounds index). The likely cause: when a generator's last graph
+            # is destroyed, PyTorch frees its seed and offset tensors at once, while replays
+            # still queued write them; the wait keeps that memory from being reused before.
+            with torch.cuda.graph(graph):
                 out = self.step(*fixed)
         except RuntimeError as err:
             warnings.warn(f"capturing {getattr(self.step, '__qualname__', self.step)} as a "

@@ -19,6 +19,8 @@ keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP gi
 calling thread its own team of workers, which on 2 cores made members 40 % slower
 (benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
 each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU).
+On a GPU members always run in threads: one thread's members would share a cuBLAS
+workspace in their CUDA graphs.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
@@ -46,8 +48,9 @@ from tom.mbpo import NumericalFault, Trainer, TrainResult
 class _Member:
     trainer: Trainer
     run_options: dict[str, Any]
-    rng: dict[str, Any]  # tom.checkpoint.rng_state() while another member holds the turn
+    rng: dict[str, Any]  # the CPU generators' states while another member holds the turn
     stream: Any = None  # torch.cuda.Stream on a GPU
+    cuda_rng: torch.Generator | None = None  # its own state object of the CUDA generator
     steps: Any = None  # Trainer.run_steps, taking turns in the caller's thread
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     outcome: TrainResult | BaseException | None = None
@@ -61,8 +64,8 @@ class Population:
     """Runs added with `add`, then `run` together."""
 
     def __init__(self, threads: bool | None = None) -> None:
-        """``threads``: each member in a thread of its own (see above); None: where the
-        members are on a GPU."""
+        """``threads``: each member in a thread of its own (see above); None: exactly where
+        the members are on a GPU (there it must not be False)."""
         self.threads = threads
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
@@ -74,22 +77,30 @@ class Population:
         run continues from the global random state that ``build`` leaves, as a single run
         started right after would. ``run_options`` go to `Trainer.run_steps`."""
         trainer = build()
-        stream = None
+        member = _Member(trainer, run_options, _cpu_rng_state())
         if trainer.device.type == "cuda":  # its own stream, after what building it queued
-            stream = torch.cuda.Stream(trainer.device)
-            stream.wait_stream(torch.cuda.current_stream(trainer.device))
-        self.members.append(_Member(trainer, run_options, rng_state(), stream))
+            member.stream = torch.cuda.Stream(trainer.device)
+            member.stream.wait_stream(torch.cuda.current_stream(trainer.device))
+            member.cuda_rng = _cuda_generator(trainer.device).clone_state()
+        self.members.append(member)
         return trainer
 
     def run(self) -> list[TrainResult | NumericalFault | Interrupted]:
         """Every member to the end of its schedule (or its fault or interruption), in turns.
 
         The caller's global random state is restored afterwards."""
+        on_gpu = any(member.stream is not None for member in self.members)
+        if self.threads is False and on_gpu:
+            raise ValueError(
+                "Population(threads=False) is not allowed with members on a GPU: in one thread "
+                "their CUDA graphs would share one cuBLAS workspace (PyTorch keeps one per "
+                "thread and stream) while they replay at once; leave threads at None or True")
+        threads = on_gpu if self.threads is None else self.threads
         outer = rng_state()
+        outer_cuda = {gen: gen.graphsafe_get_state() for gen in
+                      {_cuda_generator(m.trainer.device) for m in self.members
+                       if m.cuda_rng is not None}}
         self._active, self._failure = list(self.members), None
-        threads = self.threads
-        if threads is None:
-            threads = any(member.stream is not None for member in self.members)
         try:
             if threads:
                 self._run_in_threads()
@@ -99,6 +110,8 @@ class Population:
             for member in self.members:  # the caller reads the results on its own stream
                 if member.stream is not None:
                     torch.cuda.current_stream(member.trainer.device).wait_stream(member.stream)
+            for gen, state in outer_cuda.items():
+                gen.graphsafe_set_state(state)
             set_rng_state(outer)
         if self._failure is not None:
             raise self._failure
@@ -117,7 +130,7 @@ class Population:
     @staticmethod
     def _step(member: _Member) -> bool:
         """One real step of ``member`` in its random state and stream; False once it ended."""
-        set_rng_state(member.rng)
+        _resume(member)
         stream = (torch.cuda.stream(member.stream) if member.stream is not None
                   else contextlib.nullcontext())
         try:
@@ -129,7 +142,7 @@ class Population:
         except (NumericalFault, Interrupted) as stopped:
             member.outcome = stopped
         finally:
-            member.rng = rng_state()
+            _suspend(member)
         return False
 
     # -- a thread per member, passing the turn inside steps too -------------------------------
@@ -150,7 +163,7 @@ class Population:
 
     def _member_thread(self, member: _Member) -> None:
         member.go.acquire()
-        set_rng_state(member.rng)
+        _resume(member)
         turns.register(_Turns(self, member))
         stream = (torch.cuda.stream(member.stream) if member.stream is not None
                   else contextlib.nullcontext())
@@ -176,10 +189,10 @@ class Population:
         active = self._active
         following = active[(active.index(member) + 1) % len(active)]
         if following is not member:
-            member.rng = rng_state()
+            _suspend(member)
             following.go.release()
             member.go.acquire()
-            set_rng_state(member.rng)
+            _resume(member)
         if self._failure is not None:
             raise _Cancelled
 
@@ -189,6 +202,33 @@ class Population:
         del self._active[i]
         if self._active:
             self._active[i % len(self._active)].go.release()
+
+
+def _cuda_generator(device: torch.device) -> torch.Generator:
+    return torch.cuda.default_generators[device.index if device.index is not None
+                                         else torch.cuda.current_device()]
+
+
+def _cpu_rng_state() -> dict[str, Any]:
+    """`tom.checkpoint.rng_state` but the CUDA generators': each member has its own state
+    object of those (`_Member.cuda_rng`), installed by `_resume` rather than copied. Copying
+    would not do: CUDA graphs read the generator's seed and offset from tensors of its state
+    object, and members' graphs replaying at once on their streams would race for one."""
+    state = rng_state()
+    state.pop("cuda", None)
+    return state
+
+
+def _resume(member: _Member) -> None:
+    """Put ``member``'s random state in place, before its turn."""
+    set_rng_state(member.rng)
+    if member.cuda_rng is not None:
+        _cuda_generator(member.trainer.device).graphsafe_set_state(member.cuda_rng)
+
+
+def _suspend(member: _Member) -> None:
+    """Keep ``member``'s random state, after its turn (its CUDA state object keeps itself)."""
+    member.rng = _cpu_rng_state()
 
 
 @dataclass
