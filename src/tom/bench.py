@@ -55,7 +55,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
 
     With ``population`` > 1, that many runs (seeds 0, 1, ...) take turns in one process
     (`tom.population`): real steps per second are per run (each run's steps over the common
-    wall time), and the phase seconds are the runs' mean."""
+    wall time), and the phase seconds are the runs' mean. On a GPU a phase's seconds then
+    include the other runs' turns taken inside it (`tom.turns.pass_turn`)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ValueError(f"--seeds = {population} is not allowed: it must be >= 1")

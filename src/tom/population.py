@@ -14,7 +14,9 @@ in a thread of its own, with its own CUDA stream, and passes the turn not only a
 real step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`:
 after its SAC block, each model-fit epoch, the discriminator's and the dual's training). The
 next members then launch their work while this member's runs, and the chip runs several
-members' kernels at once. Grad mode and the current stream are per thread, so each member
+members' kernels at once; but each capture of a CUDA graph waits for the whole device, so
+the refits, which capture new graphs, still take turns (measured: benchmarks/RESULTS.md,
+ten members 1.7× one run's throughput). Grad mode and the current stream are per thread, so each member
 keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP gives each
 calling thread its own team of workers, which on 2 cores made members 40 % slower
 (benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
