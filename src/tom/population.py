@@ -15,14 +15,14 @@ real step but also where it would otherwise wait for its own kernels (`tom.turns
 after its SAC block, each model-fit epoch, the discriminator's and the dual's training). The
 next members then launch their work while this member's runs, and the chip runs several
 members' kernels at once; but each capture of a CUDA graph waits for the whole device, so
-the refits, which capture new graphs, still take turns (measured: benchmarks/RESULTS.md,
-ten members 1.7× one run's throughput). Grad mode and the current stream are per thread, so each member
-keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP gives each
-calling thread its own team of workers, which on 2 cores made members 40 % slower
+the refits, which capture new graphs, still take turns (measured: benchmarks/RESULTS.md, ten
+members 1.7× one run's throughput). Grad mode and the current stream are per thread, so each
+member keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP gives
+each calling thread its own team of workers, which on 2 cores made members 40 % slower
 (benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
-each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU).
-On a GPU members always run in threads: one thread's members would share a cuBLAS
-workspace in their CUDA graphs.
+each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU). On a
+GPU members always run in threads: one thread's members would share a cuBLAS workspace in
+their CUDA graphs.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
