@@ -3,6 +3,7 @@ exactly (on a CPU), and a member that stops leaves the others running."""
 
 from __future__ import annotations
 
+import _thread
 import inspect
 import json
 import threading
@@ -131,6 +132,24 @@ def test_an_unexpected_error_ends_every_member_and_is_raised(monkeypatch, thread
     with pytest.raises(KeyError, match="a bug"):
         population.run()
     assert torch.equal(torch.get_rng_state(), before)
+    assert not any(t.name.startswith("tom population") for t in threading.enumerate())
+    assert all(t.env_steps < t.total_steps for t in trainers)
+
+
+def test_ctrl_c_in_the_caller_ends_members_in_threads(monkeypatch):
+    """KeyboardInterrupt in the thread that called `run` (Ctrl-C without tom's signal
+    handlers): each member ends at its next turn and `run` raises it, leaving no thread."""
+    population = Population(threads=True)
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1)]
+    refit = trainers[1]._refit
+
+    def refit_then_ctrl_c():
+        refit()
+        _thread.interrupt_main()
+
+    monkeypatch.setattr(trainers[1], "_refit", refit_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        population.run()
     assert not any(t.name.startswith("tom population") for t in threading.enumerate())
     assert all(t.env_steps < t.total_steps for t in trainers)
 

@@ -158,10 +158,18 @@ class Population:
                 thread.start()
             if self._active:
                 self._active[0].go.release()
-        finally:
-            for thread in threads:
-                while thread.is_alive():  # in short waits, so that signal handlers run
-                    thread.join(0.2)
+            self._join(threads)
+        except BaseException as err:  # KeyboardInterrupt: every member ends at its next turn
+            if self._failure is None:
+                self._failure = err
+            self._join(threads)
+            raise
+
+    @staticmethod
+    def _join(threads: list[threading.Thread]) -> None:
+        for thread in threads:
+            while thread.is_alive():  # in short waits, so that signal handlers run
+                thread.join(0.2)
 
     def _member_thread(self, member: _Member) -> None:
         member.go.acquire()
