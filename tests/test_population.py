@@ -166,13 +166,14 @@ class _StopAfter:
         return 15 if self.polls > self.steps else None
 
 
-def test_a_signal_checkpoints_every_member_and_they_resume_exactly():
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_signal_checkpoints_every_member_and_they_resume_exactly(threads):
     """SIGTERM during the run: each member checkpoints at its next real step and ends with
     `Interrupted`; members rebuilt from those checkpoints finish as the single runs do."""
     single = {seed: Trainer(_cfg(seed)).run() for seed in (0, 1)}
     stop = _StopAfter(500)  # polled by both members: some 250 real steps each
     saved: dict[int, dict] = {}
-    population = Population()
+    population = Population(threads=threads)
     for seed in (0, 1):
         population.add(lambda seed=seed: Trainer(_cfg(seed)), stop=stop,
                        checkpoint=lambda state, seed=seed: saved.__setitem__(seed, state))
