@@ -7,6 +7,7 @@ import _thread
 import inspect
 import json
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -143,9 +144,14 @@ def test_ctrl_c_in_the_caller_ends_members_in_threads(monkeypatch):
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1)]
     refit = trainers[1]._refit
 
-    def refit_then_ctrl_c():
+    def refit_then_ctrl_c():  # once; then wait until the caller has seen it (within 0.2 s)
         refit()
+        if trainers[1].env_steps > trainers[1].cfg.schedule.init_steps:
+            return
         _thread.interrupt_main()
+        deadline = time.monotonic() + 10
+        while population._failure is None and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     monkeypatch.setattr(trainers[1], "_refit", refit_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):

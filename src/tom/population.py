@@ -162,7 +162,7 @@ class Population:
         except BaseException as err:  # KeyboardInterrupt: every member ends at its next turn
             if self._failure is None:
                 self._failure = err
-            self._join(threads)
+            self._join(threads)  # (a second Ctrl-C leaves at once; the threads are daemons)
             raise
 
     @staticmethod
