@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tom.buffer import Transition
-from tom.config import resolve, set_value
+from tom.config import ConfigError, resolve, set_value
 from tom.mbpo import PHASES, Trainer
 from tom.population import Population
 
@@ -59,7 +59,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     include the other runs' turns taken inside it (`tom.turns.pass_turn`)."""
     torch.set_num_threads(threads)
     if population < 1:
-        raise ValueError(f"--seeds = {population} is not allowed: it must be >= 1")
+        raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")
     cfgs = [resolve(env, objective, seed=seed, preset=preset, overrides=overrides or [],
                     device=device) for seed in range(population)]
     length = cfgs[0].schedule.epoch_length

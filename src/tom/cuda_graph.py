@@ -34,6 +34,12 @@ from torch import Tensor
 Step = Callable[..., Tensor]
 
 
+def check_device(cuda_graph: bool, device: str | torch.device) -> None:
+    """Refuse ``cuda_graph=True`` off a CUDA device (the owners of graphed steps call it)."""
+    if cuda_graph and torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
+
+
 class GraphedStep:
     """``step(*inputs) -> Tensor``, replayed from a CUDA graph per input shape after
     ``warmup`` eager calls of that shape; with ``enabled=False``, ``step`` itself.

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tom.buffer import Transition, weighted_indices
 from tom.compile import compiled
 from tom.config import ModelConfig
-from tom.cuda_graph import GraphedStep
+from tom.cuda_graph import GraphedStep, check_device
 from tom.optim import adam
 from tom.turns import pass_turn
 
@@ -674,8 +674,7 @@ def make_model(cfg: ModelConfig, obs_dim: int, act_dim: int, termination_fn: Ter
     CUDA graph (`tom.cuda_graph`)."""
     if cfg.kind not in _MODELS:
         raise ValueError(f"model.kind must be one of {', '.join(_MODELS)}, got {cfg.kind!r}")
-    if cuda_graph and torch.device(device).type != "cuda":
-        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
+    check_device(cuda_graph, device)
     model = _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)
     model.cuda_graph = cuda_graph
     if compile:

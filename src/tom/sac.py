@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tom.buffer import Transition
 from tom.compile import compiled
 from tom.config import SACConfig
-from tom.cuda_graph import GraphedStep
+from tom.cuda_graph import GraphedStep, check_device
 from tom.optim import adam
 
 # Haarnoja et al.'s and MBPO's bounds: wide enough to be inactive in practice, they only stop
@@ -167,8 +167,7 @@ class SAC:
                  device: str | torch.device = "cpu", compile: bool = False,
                  cuda_graph: bool = False) -> None:
         self.cfg, self.device = cfg, torch.device(device)
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(device)!r}")
+        check_device(cuda_graph, device)
         sizes = (cfg.hidden_size, cfg.hidden_layers)
         self.actor = Actor(obs_dim, act_dim, *sizes).to(self.device)
         self.critic = TwinQ(obs_dim, act_dim, *sizes).to(self.device)
