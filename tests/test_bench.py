@@ -44,3 +44,14 @@ def test_bench_of_runs_in_turns_reports_per_run_throughput():
     assert all(t > 0 for t in phases) and 2 * sum(phases) <= row["wall_s"] * 1.01
     with pytest.raises(ValueError, match="--seeds = 0 is not allowed: it must be >= 1"):
         measure_throughput("hopper", "mle", buffer_size=200, preset="smoke", population=0)
+
+
+def test_bench_profile_lists_the_timed_steps_functions(capsys):
+    argv = ["bench", "--env", "inverted_pendulum", "--objective", "mle", "--preset", "smoke",
+            "--buffer-size", "200", "--steps", "200", "--threads", "1", "--profile", "5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "real steps/s" in out and "Ordered by: internal time" in out
+    assert "List reduced from" in out and "to 5 due to restriction" in out
+    assert main([*argv[:-1], "0"]) == 2
+    assert "--profile = 0 is not allowed" in capsys.readouterr().err

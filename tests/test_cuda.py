@@ -211,9 +211,10 @@ def test_loop_on_cuda_with_graphs(objective):
 def test_seeds_in_turns_on_cuda_equal_their_single_runs(seeds):
     """`tom.population` on the GPU: each member in its own thread and CUDA stream, with
     graphs, with its own state object of the CUDA generator, gives its single run's
-    evaluation returns. Members' graphs replaying at once once shared the generator's seed
-    and offset tensors (2 % off at the second evaluation, 2026-11-26); six members also
-    exercise memory freed and reused across streams."""
+    evaluation returns. Two races this caught (benchmarks/RESULTS.md): members' graphs
+    shared the generator's seed and offset tensors (2 % off at the second evaluation), and
+    then, captured on one stream, cuBLAS's workspace (0.1-0.4 % off, a different value each
+    time). Six members also exercise memory freed and reused across streams."""
     from tom.population import Population
 
     def cfg(seed: int):

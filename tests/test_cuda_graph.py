@@ -18,6 +18,7 @@ from tom.cuda_graph import GraphedStep
 
 class FakeGraph:
     capturing: FakeGraph | None = None
+    capture_streams: list = []  # the stream argument of each capture
 
     def __init__(self) -> None:
         self.work = None
@@ -27,15 +28,21 @@ class FakeGraph:
 
 
 class FakeStream:
+    device = "cuda:0"
+
     def wait_stream(self, other) -> None:
         pass
+
+
+DEFAULT_STREAM = FakeStream()
 
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
     @contextlib.contextmanager
-    def graph(g):
+    def graph(g, stream=None):
         FakeGraph.capturing = g
+        FakeGraph.capture_streams.append(stream)
         try:
             yield
         finally:
@@ -44,7 +51,9 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: DEFAULT_STREAM)
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: DEFAULT_STREAM)
+    monkeypatch.setattr(FakeGraph, "capture_streams", [])
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
 
 
@@ -114,6 +123,18 @@ def test_a_failed_capture_warns_and_runs_eagerly_from_then_on(fake_cuda):
     assert float(step(torch.full((2,), 3.0))) == 6.0
     assert seen == [2.0, 4.0, 6.0] and step.captured == 0 and not step.enabled
     assert FakeGraph.capturing is None
+
+
+def test_captures_on_the_callers_side_stream_else_on_torchs(fake_cuda, monkeypatch):
+    """On the default stream a capture uses torch.cuda.graph's side stream (None); on a side
+    stream of the caller's own (a population member's), that stream: what libraries key by
+    the capturing stream (cuBLAS's workspace) then stays the member's."""
+    step = GraphedStep(summing_step([]), warmup=1)
+    step(torch.ones(2)), step(torch.ones(2))
+    member = FakeStream()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: member)
+    step(torch.ones(3)), step(torch.ones(3))
+    assert FakeGraph.capture_streams == [None, member] and step.captured == 2
 
 
 def test_disabled_is_the_step_itself_and_warmup_must_be_positive():

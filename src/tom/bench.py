@@ -11,6 +11,7 @@ time, and the median over the timed epochs) and the seconds per phase.
 
 from __future__ import annotations
 
+import cProfile
 import math
 import statistics
 import time
@@ -50,13 +51,16 @@ def fill(trainer: Trainer, steps: int) -> None:
 def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
                        steps: int = 1000, device: str = "cpu", threads: int = 1,
                        preset: str = "paper", overrides: list[str] | None = None,
-                       population: int = 1) -> dict[str, Any]:
+                       population: int = 1,
+                       profiler: cProfile.Profile | None = None) -> dict[str, Any]:
     """Time ``steps`` real steps (rounded up to whole epochs) after a ``buffer_size`` fill.
 
     With ``population`` > 1, that many runs (seeds 0, 1, ...) take turns in one process
     (`tom.population`): real steps per second are per run (each run's steps over the common
     wall time), and the phase seconds are the runs' mean. On a GPU a phase's seconds then
-    include the other runs' turns taken inside it (`tom.turns.pass_turn`)."""
+    include the other runs' turns taken inside it (`tom.turns.pass_turn`). A ``profiler``
+    is enabled for the timed steps only (on a GPU its times are the host's: the waits for
+    the device show in the calls that synchronise)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")
@@ -84,12 +88,18 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
 
     pop = Population()
     trainers = [pop.add(lambda cfg=cfg: prepared(cfg)) for cfg in cfgs]
+    if profiler is not None:
+        profiler.enable()
     start = time.perf_counter()
-    if population == 1:
-        trainers[0].run()
-    else:
-        pop.run()
-    wall = time.perf_counter() - start
+    try:
+        if population == 1:
+            trainers[0].run()
+        else:
+            pop.run()
+    finally:
+        wall = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
     timed = [row for trainer in trainers for row in trainer.result.metrics]
     return {
         "env": env, "objective": objective, "device": device, "threads": threads,

@@ -235,16 +235,25 @@ def _notebook(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import cProfile
+    import pstats
+
     from tom.bench import format_row, measure_throughput
 
+    if args.profile is not None and args.profile < 1:
+        raise ConfigError(f"--profile = {args.profile} is not allowed: it must be >= 1 "
+                          "(how many functions to list)")
     rows = []
     for objective in args.objective:
         for buffer_size in args.buffer_size:
+            profiler = None if args.profile is None else cProfile.Profile()
             row = measure_throughput(args.env, objective, buffer_size=buffer_size,
                                      steps=args.steps, device=args.device, threads=args.threads,
                                      preset=args.preset, overrides=args.set,
-                                     population=args.seeds)
+                                     population=args.seeds, profiler=profiler)
             print(format_row(row), flush=True)
+            if profiler is not None:
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
             rows.append(row)
     if args.csv:
         import pandas as pd
@@ -309,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "--seeds`); real steps/s are per run")
     be.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     be.add_argument("--csv", help="append one row per measurement to this CSV")
+    be.add_argument("--profile", type=int, metavar="N",
+                    help="profile the timed steps (cProfile) and list the N functions that "
+                    "took the most time of their own")
     be.set_defaults(func=_bench)
     nb = sub.add_parser("notebook", help="execute an analysis notebook (jupytext .py) with "
                         "papermill; the pipeline's figure and table rules use it")

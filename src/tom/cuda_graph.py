@@ -20,7 +20,9 @@ PyTorch's examples do. What they allocate to outlive them (an optimiser's moment
 belongs to the stream that replays the graph. A side stream comes from a pool shared by the
 whole process, so memory freed to it (a discriminator's moments when its training returns,
 with its replays still queued) could be handed to another run's work in a
-`tom.population` before those replays ran.
+`tom.population` before those replays ran. For a like reason a member's graphs are
+captured on its own stream (`_capture_stream`): a graph keeps the scratch memory it was
+captured with, and cuBLAS's workspace is picked by the capturing stream.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class GraphedStep:
             # the GPU (an out-of-bounds index). The likely cause: when a generator's last graph
             # is destroyed, PyTorch frees its seed and offset tensors at once, while replays
             # still queued write them; the wait keeps that memory from being reused before.
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=_capture_stream()):
                 out = self.step(*fixed)
         except RuntimeError as err:
             warnings.warn(f"capturing {getattr(self.step, '__qualname__', self.step)} as a "
@@ -104,3 +106,14 @@ class GraphedStep:
             self.enabled = False
             return None
         return graph, fixed, out
+
+
+def _capture_stream() -> torch.cuda.Stream | None:
+    """The stream to capture on: the current one where it is a side stream of the caller's own
+    (a `tom.population` member's), else None (torch.cuda.graph's, one for the process).
+    Members that captured on that one stream shared a cuBLAS workspace in their graphs,
+    which replay at once on their own streams: their results drifted from their single runs'
+    (0.1-0.4 % at the second evaluation, a different value each time), and did not where
+    cuBLAS had no workspace (CUBLAS_WORKSPACE_CONFIG=:0:0; benchmarks/RESULTS.md)."""
+    current = torch.cuda.current_stream()
+    return None if current == torch.cuda.default_stream(current.device) else current
