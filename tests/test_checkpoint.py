@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tom.checkpoint import CHECKPOINT, env_state, set_env_state
+from tom.checkpoint import CHECKPOINT, env_state, rng_state, set_env_state, set_rng_state
 from tom.envs import TASKS, make_env
 
 ARGS = ["--env", "hopper", "--objective", "tom", "--preset", "smoke", "--seed", "3", "--quiet",
@@ -216,6 +216,22 @@ def test_restart_deletes_the_checkpoint_and_starts_over(interrupted, tmp_path, r
 
 
 # -- the environment's state ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("python_state_as", ["tuples", "lists"])
+def test_rng_state_round_trip_restores_every_generator(python_state_as):
+    """What a checkpoint keeps of the global generators draws again what it drew; Python's
+    state also where a serialiser turned its tuples into lists."""
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    state = rng_state()
+    if python_state_as == "lists":
+        version, internal, gauss = state["python"]
+        state["python"] = [version, list(internal), gauss]
+    first = draws()
+    set_rng_state(state)
+    assert draws() == first
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -50,7 +50,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
+    python = state["python"]  # nested tuples as random.getstate gives them: used as they are
+    random.setstate(python if isinstance(python, tuple) and isinstance(python[1], tuple)
+                    else _tuples(python))
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -60,7 +62,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _tuples(value: Any) -> Any:
     """Python's RNG state is nested tuples; a round trip through torch.load keeps them, but a
-    list anywhere (e.g. from another serialiser) must become a tuple again."""
+    list anywhere (e.g. from another serialiser) must become a tuple again. (Converting is
+    most of the cost of `set_rng_state`, which `tom.population` calls at every turn.)"""
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
