@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements in one call (benchmarks/README.md, "On a GPU"):
 #   1. the CUDA tests (tests/test_cuda.py: graphed SAC updates against eager ones, a resumed
-#      checkpoint, the whole loop on the GPU);
+#      checkpoint, the whole loop on the GPU, seeds in turns against their single runs);
+#   1b. whether the CUDA graphs of several runs replay at once on their streams, and what a
+#      replay costs the host (graph_streams.py; the question under 5's throughput);
 #   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
 #      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
@@ -13,8 +15,9 @@
 #      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
 #   7. where PAPER_CODE names a checkout of the paper's code (carried along; never
 #      committed), the side by side on the GPU (paper_code.py --device cuda).
-# PARTS picks which run (default "tests bench micro population seeds processes paper_code";
-# "bench" is 2 and its runs of the other objectives, "seeds" is 5). Each part has its own
+# PARTS picks which run (default "tests streams bench micro population seeds processes
+# paper_code"; "bench" is 2 and its runs of the other objectives, "seeds" is 5, "streams"
+# is 1b). Each part has its own
 # time limit and the whole a deadline (BUDGET seconds, default 500): a part that would start
 # after it is skipped, and said so. Logs and the CSV go to $OUT (default ./gpu_out).
 #
@@ -27,7 +30,7 @@ BUDGET=${BUDGET:-500}
 OBJECTIVES=${OBJECTIVES:-"tom mle"}
 POPULATIONS=${POPULATIONS:-"2 5"}
 PROCESSES=${PROCESSES:-}
-PARTS=${PARTS:-"tests bench micro population seeds processes paper_code"}
+PARTS=${PARTS:-"tests streams bench micro population seeds processes paper_code"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
@@ -71,6 +74,7 @@ bench() {  # bench OBJECTIVE [eager|graph]
 }
 
 part tests 150 python3 -m pytest -q -rA -p no:cacheprovider tests/test_cuda.py
+part streams 120 python3 benchmarks/graph_streams.py --members 1 2 5 10
 first=${OBJECTIVES%% *}
 bench "$first" eager
 bench "$first" graph

@@ -1,0 +1,149 @@
+"""Do the CUDA graphs of several runs replay at once on one GPU, and what does a replay cost
+the host? The question under `tom.population`'s throughput on a GPU (benchmarks/RESULTS.md).
+
+    python benchmarks/graph_streams.py --members 1 2 5 10 [--rounds 200] [--repeats 5]
+
+P SAC agents at the paper preset's sizes (hopper), each with a CUDA stream of its own and its
+update captured as a CUDA graph on that stream, as a population member's is. A round is one
+update of every member (`SAC.update`: the batch copied in, the graph replayed, its
+statistics copied out). Printed for each P, medians of ``--repeats``:
+- launch: host microseconds per update with the GPU idle before it (what a replay costs the
+  host when nothing waits);
+- one thread: milliseconds per round, the members launched in turn from one thread, until
+  the GPU has finished;
+- threads: the same with each member launching its own rounds from a thread of its own (as
+  population members do, but without taking turns);
+- the speed-up of each over P rounds of one member. If the members' graphs ran at once, a
+  round of 10 would take about what a round of one does (speed-up about 10); if they ran one
+  after another, about 10 times as long (speed-up about 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+from throughput import synthetic  # benchmarks/throughput.py, next to this script
+
+from tom.buffer import Transition
+from tom.config import resolve
+from tom.envs import get_task
+from tom.sac import SAC
+
+
+@dataclass
+class Member:
+    agent: SAC
+    batch: Transition
+    stream: torch.cuda.Stream
+
+    def updates(self, count: int) -> None:
+        with torch.cuda.stream(self.stream):
+            for _ in range(count):
+                self.agent.update(self.batch)
+
+
+def make_members(count: int, env: str) -> list[Member]:
+    """``count`` agents, each with its own stream, its update captured on that stream."""
+    cfg = resolve(env, "tom", preset="paper", device="cuda")
+    task = get_task(env)
+    members = []
+    for _ in range(count):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            agent = SAC(task.obs_dim, task.act_dim, cfg.sac, "cuda", cuda_graph=True)
+            batch = synthetic(cfg.sac.batch_size, task.obs_dim, task.act_dim, "cuda")
+        member = Member(agent, batch, stream)
+        member.updates(SAC.GRAPH_WARMUP + 2)  # the eager warm-ups, the capture, a replay
+        assert agent._step.captured == 1, "the SAC update was not captured"
+        members.append(member)
+    torch.cuda.synchronize()
+    return members
+
+
+def launch_us(member: Member, count: int = 200) -> float:
+    """Host microseconds of one update with the GPU idle before it (median)."""
+    times = []
+    for _ in range(count):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        member.updates(1)
+        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return 1e6 * statistics.median(times)
+
+
+def round_ms_one_thread(members: list[Member], rounds: int) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for member in members:
+            member.updates(1)
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start) / rounds
+
+
+def round_ms_threads(members: list[Member], rounds: int) -> float:
+    barrier = threading.Barrier(len(members) + 1)
+
+    def work(member: Member) -> None:
+        barrier.wait()
+        member.updates(rounds)
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in members]
+    for thread in threads:
+        thread.start()
+    torch.cuda.synchronize()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start) / rounds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="hopper")
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 5, 10])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    for name in ("members", "rounds", "repeats"):
+        values = getattr(args, name)
+        if min(values if isinstance(values, list) else [values]) < 1:
+            parser.error(f"--{name} = {values} is not allowed: it must be >= 1")
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device: it times CUDA graphs on CUDA streams")
+    torch.manual_seed(0)
+    print(f"{args.env}, paper preset; torch {torch.__version__} on "
+          f"{torch.cuda.get_device_name()}; CUDA_DEVICE_MAX_CONNECTIONS="
+          f"{os.environ.get('CUDA_DEVICE_MAX_CONNECTIONS', 'unset (8)')}; "
+          f"{args.rounds} rounds, median of {args.repeats}")
+    base_one = base_threads = None
+    base_count = 1
+    for count in args.members:
+        members = make_members(count, args.env)
+        launch = launch_us(members[0])
+        one = statistics.median(round_ms_one_thread(members, args.rounds)
+                                for _ in range(args.repeats))
+        threads = statistics.median(round_ms_threads(members, args.rounds)
+                                    for _ in range(args.repeats))
+        if base_one is None:  # the first P is the baseline (1 unless told otherwise)
+            base_one, base_threads, base_count = one, threads, count
+        scale = count / base_count
+        print(f"  P={count:3d}: launch {launch:6.1f} us; round, one thread {one:7.3f} ms "
+              f"(speed-up {scale * base_one / one:5.2f}); threads {threads:7.3f} ms "
+              f"(speed-up {scale * base_threads / threads:5.2f})", flush=True)
+        del members
+        torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
