@@ -10,7 +10,8 @@ statistics copied out). Printed for each P, medians of ``--repeats``:
 - launch: host microseconds per update with the GPU idle before it (what a replay costs the
   host when nothing waits);
 - one thread: milliseconds per round, the members launched in turn from one thread, until
-  the GPU has finished;
+  the GPU has finished, and until the host had launched them (about equal where a launch
+  waits for earlier work; much less where the host runs ahead of the GPU);
 - threads: the same with each member launching its own rounds from a thread of its own (as
   population members do, but without taking turns);
 - the speed-up of each over P rounds of one member. If the members' graphs ran at once, a
@@ -79,14 +80,19 @@ def launch_us(member: Member, count: int = 200) -> float:
     return 1e6 * statistics.median(times)
 
 
-def round_ms_one_thread(members: list[Member], rounds: int) -> float:
+def round_ms_one_thread(members: list[Member], rounds: int) -> tuple[float, float]:
+    """Milliseconds per round: until the host has launched it, and until the GPU has run it.
+    A host that runs ahead of the GPU launches much faster than the GPU runs; one whose
+    launches wait for earlier work takes about as long for both."""
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(rounds):
         for member in members:
             member.updates(1)
+    launched = time.perf_counter()
     torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - start) / rounds
+    done = time.perf_counter()
+    return 1e3 * (launched - start) / rounds, 1e3 * (done - start) / rounds
 
 
 def round_ms_threads(members: list[Member], rounds: int) -> float:
@@ -131,15 +137,17 @@ def main() -> None:
     for count in args.members:
         members = make_members(count, args.env)
         launch = launch_us(members[0])
-        one = statistics.median(round_ms_one_thread(members, args.rounds)
-                                for _ in range(args.repeats))
+        timings = [round_ms_one_thread(members, args.rounds) for _ in range(args.repeats)]
+        host = statistics.median(t[0] for t in timings)
+        one = statistics.median(t[1] for t in timings)
         threads = statistics.median(round_ms_threads(members, args.rounds)
                                     for _ in range(args.repeats))
         if base_one is None:  # the first P is the baseline (1 unless told otherwise)
             base_one, base_threads, base_count = one, threads, count
         scale = count / base_count
         print(f"  P={count:3d}: launch {launch:6.1f} us; round, one thread {one:7.3f} ms "
-              f"(speed-up {scale * base_one / one:5.2f}); threads {threads:7.3f} ms "
+              f"(launched in {host:7.3f} ms; speed-up {scale * base_one / one:5.2f}); "
+              f"threads {threads:7.3f} ms "
               f"(speed-up {scale * base_threads / threads:5.2f})", flush=True)
         del members
         torch.cuda.synchronize()

@@ -13,16 +13,15 @@ RESULTS.md: stacked, twenty members' steps cost about what one does). There each
 in a thread of its own, with its own CUDA stream, and passes the turn not only after each
 real step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`:
 after its SAC block, each model-fit epoch, the discriminator's and the dual's training). The
-next members then launch their work while this member's runs, and the chip runs several
-members' kernels at once; but each capture of a CUDA graph waits for the whole device, so
-the refits, which capture new graphs, still take turns (measured: benchmarks/RESULTS.md, ten
-members 1.7× one run's throughput). Grad mode and the current stream are per thread, so each
-member keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP gives
-each calling thread its own team of workers, which on 2 cores made members 40 % slower
-(benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
-each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU). On a
-GPU members always run in threads: one thread's members would share a cuBLAS workspace in
-their CUDA graphs.
+next members then launch their work while this member's runs. Measured on one H200, ten
+members make 1.4-1.7× one run's throughput, far from what the chip could do, and a member
+seems to spend most of its turn waiting (benchmarks/RESULTS.md; benchmarks/graph_streams.py
+asks why). Grad mode and the current stream are per thread, so each member keeps its own.
+On a CPU there is nothing to overlap, and threads cost: OpenMP gives each calling thread its
+own team of workers, which on 2 cores made members 40 % slower (benchmarks/RESULTS.md). There
+the members take turns in the caller's thread, one real step each, by default; ``threads=True``
+forces threads (the tests check both ways on a CPU). On a GPU members always run in threads:
+one thread's members would share a cuBLAS workspace in their CUDA graphs.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
