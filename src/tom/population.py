@@ -21,7 +21,7 @@ On a CPU there is nothing to overlap, and threads cost: OpenMP gives each callin
 own team of workers, which on 2 cores made members 40 % slower (benchmarks/RESULTS.md). There
 the members take turns in the caller's thread, one real step each, by default; ``threads=True``
 forces threads (the tests check both ways on a CPU). On a GPU members always run in threads:
-one thread's members would share a cuBLAS workspace in their CUDA graphs.
+only that way is checked there against single runs.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
@@ -93,9 +93,9 @@ class Population:
         on_gpu = any(member.stream is not None for member in self.members)
         if self.threads is False and on_gpu:
             raise ValueError(
-                "Population(threads=False) is not allowed with members on a GPU: in one thread "
-                "their CUDA graphs would share one cuBLAS workspace (PyTorch keeps one per "
-                "thread and stream) while they replay at once; leave threads at None or True")
+                "Population(threads=False) is not allowed with members on a GPU: only members "
+                "in threads are checked there against their single runs (tests/test_cuda.py), "
+                "and in one thread they would overlap less; leave threads at None or True")
         threads = on_gpu if self.threads is None else self.threads
         outer = rng_state()
         outer_cuda = {gen: gen.graphsafe_get_state() for gen in
