@@ -214,6 +214,10 @@ def test_from_dict_checks_the_types_of_a_config_json():
     data["model"] = "mdn"
     with pytest.raises(ConfigError, match="'model' = 'mdn' is not allowed"):
         from_dict(data)
+    data = json.loads(json.dumps(good))
+    data["sede"] = 3  # a misspelt top-level key is not ignored
+    with pytest.raises(ConfigError, match="unknown config key 'sede'. Did you mean seed"):
+        from_dict(data)
 
 
 def test_constructors_and_assignments_raise_config_error_too():

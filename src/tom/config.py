@@ -580,7 +580,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
                                   f"a mapping of the {key}.* keys")
             for name, v in value.items():
                 _set(cfg, f"{key}.{name}", v, text=False)
-        elif key in _field_names(cfg):
+        else:  # an unknown key is an error too (with the nearest known one), not ignored
             _set(cfg, key, value, text=False)
     validate(cfg)
     return cfg
