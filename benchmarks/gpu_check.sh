@@ -3,7 +3,8 @@
 #   1. the CUDA tests (tests/test_cuda.py: graphed SAC updates against eager ones, a resumed
 #      checkpoint, the whole loop on the GPU, seeds in turns against their single runs);
 #   1b. whether the CUDA graphs of several runs replay at once on their streams, and what a
-#      replay costs the host (graph_streams.py; the question under 5's throughput);
+#      replay costs the host (graph_streams.py; the question under 5's throughput), with
+#      CUDA's default 8 hardware queues for streams and with 32;
 #   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
 #      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
@@ -75,6 +76,9 @@ bench() {  # bench OBJECTIVE [eager|graph]
 
 part tests 150 python3 -m pytest -q -rA -p no:cacheprovider tests/test_cuda.py
 part streams 120 python3 benchmarks/graph_streams.py --members 1 2 5 10
+# the same with 32 hardware queues for the streams instead of CUDA's default 8
+part streams_connections 120 env CUDA_DEVICE_MAX_CONNECTIONS=32 \
+    python3 benchmarks/graph_streams.py --members 1 2 5 10
 first=${OBJECTIVES%% *}
 bench "$first" eager
 bench "$first" graph
