@@ -9,19 +9,19 @@ draws exactly what a single run of its seed draws, and its results are that run'
 bit on a CPU (the tests check it).
 
 What it is for: on a GPU one run's steps occupy a small part of the chip (benchmarks/
-RESULTS.md: stacked, twenty members' steps cost about what one does). There each member runs
-in a thread of its own, with its own CUDA stream, and passes the turn not only after each
-real step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`:
-after its SAC block, each model-fit epoch, the discriminator's and the dual's training). The
-next members then launch their work while this member's runs. Measured on one H200, ten
-members make 1.4-1.7× one run's throughput, far from what the chip could do, and a member
-seems to spend most of its turn waiting (benchmarks/RESULTS.md; benchmarks/graph_streams.py
-asks why). Grad mode and the current stream are per thread, so each member keeps its own.
-On a CPU there is nothing to overlap, and threads cost: OpenMP gives each calling thread its
-own team of workers, which on 2 cores made members 40 % slower (benchmarks/RESULTS.md). There
-the members take turns in the caller's thread, one real step each, by default; ``threads=True``
-forces threads (the tests check both ways on a CPU). On a GPU members always run in threads:
-only that way is checked there against single runs.
+RESULTS.md: stacked, twenty members' steps cost about what one does). There each member runs in
+a thread of its own, with its own CUDA stream, and passes the turn not only after each real
+step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`: after
+its SAC block, each model-fit epoch, the discriminator's and the dual's training). The next
+members then launch their work while this member's runs. Measured on one H200, ten members make
+1.4-1.7× one run's throughput, far from what the chip could do: either each graph launch costs
+the host much, or members' kernels run at once less than hoped (benchmarks/RESULTS.md;
+benchmarks/graph_streams.py tells them apart). Grad mode and the current stream are per thread,
+so each member keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP
+gives each calling thread its own team of workers, which on 2 cores made members 40 % slower
+(benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
+each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU). On a
+GPU members always run in threads: only that way is checked there against single runs.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
