@@ -4,7 +4,8 @@
 #      checkpoint, the whole loop on the GPU, seeds in turns against their single runs);
 #   1b. whether the CUDA graphs of several runs replay at once on their streams, and what a
 #      replay costs the host (graph_streams.py; the question under 5's throughput), with
-#      CUDA's default 8 hardware queues for streams and with 32;
+#      CUDA's default 8 hardware queues for streams and with 32, and for blocks of 20
+#      updates in one graph (as the loop replays them);
 #   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
 #      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
@@ -76,6 +77,8 @@ bench() {  # bench OBJECTIVE [eager|graph]
 
 part tests 150 python3 -m pytest -q -rA -p no:cacheprovider tests/test_cuda.py
 part streams 120 python3 benchmarks/graph_streams.py --members 1 2 5 10
+part streams_block 120 python3 benchmarks/graph_streams.py --members 1 2 5 10 --block 20 \
+    --rounds 20  # as the loop replays them: 20 updates in one graph
 # the same with 32 hardware queues for the streams instead of CUDA's default 8
 part streams_connections 120 env CUDA_DEVICE_MAX_CONNECTIONS=32 \
     python3 benchmarks/graph_streams.py --members 1 2 5 10

@@ -1,14 +1,16 @@
 """Do the CUDA graphs of several runs replay at once on one GPU, and what does a replay cost
 the host? The question under `tom.population`'s throughput on a GPU (benchmarks/RESULTS.md).
 
-    python benchmarks/graph_streams.py --members 1 2 5 10 [--rounds 200] [--repeats 5]
+    python benchmarks/graph_streams.py --members 1 2 5 10 [--block 1] [--rounds 200]
 
 P SAC agents at the paper preset's sizes (hopper), each with a CUDA stream of its own and its
 update captured as a CUDA graph on that stream, as a population member's is. A round is one
 update of every member (`SAC.update`: the batch copied in, the graph replayed, its
-statistics copied out). Printed for each P, medians of ``--repeats``:
-- launch: host microseconds per update with the GPU idle before it (what a replay costs the
-  host when nothing waits);
+statistics copied out), or with ``--block N`` one block of N updates of every member
+(`SAC.update_block`, one graph for the N, as the training loop replays them). Printed for
+each P, medians of ``--repeats``:
+- launch: host microseconds per update (or block) with the GPU idle before it (what a replay
+  costs the host when nothing waits);
 - one thread: milliseconds per round, the members launched in turn from one thread, until
   the GPU has finished, and until the host had launched them (about equal where a launch
   waits for earlier work; much less where the host runs ahead of the GPU);
@@ -40,17 +42,21 @@ from tom.sac import SAC
 @dataclass
 class Member:
     agent: SAC
-    batch: Transition
+    batch: Transition  # [block, row, ...] with a block, else [row, ...]
     stream: torch.cuda.Stream
+    block: bool
 
     def updates(self, count: int) -> None:
+        """``count`` updates, or blocks of updates."""
+        update = self.agent.update_block if self.block else self.agent.update
         with torch.cuda.stream(self.stream):
             for _ in range(count):
-                self.agent.update(self.batch)
+                update(self.batch)
 
 
-def make_members(count: int, env: str) -> list[Member]:
-    """``count`` agents, each with its own stream, its update captured on that stream."""
+def make_members(count: int, env: str, block: int) -> list[Member]:
+    """``count`` agents, each with its own stream, its update (or block of ``block`` > 1
+    updates) captured on that stream."""
     cfg = resolve(env, "tom", preset="paper", device="cuda")
     task = get_task(env)
     members = []
@@ -59,10 +65,14 @@ def make_members(count: int, env: str) -> list[Member]:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             agent = SAC(task.obs_dim, task.act_dim, cfg.sac, "cuda", cuda_graph=True)
-            batch = synthetic(cfg.sac.batch_size, task.obs_dim, task.act_dim, "cuda")
-        member = Member(agent, batch, stream)
+            rows = [synthetic(cfg.sac.batch_size, task.obs_dim, task.act_dim, "cuda")
+                    for _ in range(block)]
+            batch = (Transition(*(torch.stack(c) for c in zip(*rows, strict=True)))
+                     if block > 1 else rows[0])
+        member = Member(agent, batch, stream, block > 1)
         member.updates(SAC.GRAPH_WARMUP + 2)  # the eager warm-ups, the capture, a replay
-        assert agent._step.captured == 1, "the SAC update was not captured"
+        step = agent._block_step if block > 1 else agent._step
+        assert step.captured == 1, "the SAC update was not captured"
         members.append(member)
     torch.cuda.synchronize()
     return members
@@ -118,10 +128,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="hopper")
     parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 5, 10])
+    parser.add_argument("--block", type=int, default=1,
+                        help="updates per member per round, replayed as one graph if > 1")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    for name in ("members", "rounds", "repeats"):
+    for name in ("members", "block", "rounds", "repeats"):
         values = getattr(args, name)
         if min(values if isinstance(values, list) else [values]) < 1:
             parser.error(f"--{name} = {values} is not allowed: it must be >= 1")
@@ -131,12 +143,13 @@ def main() -> None:
     print(f"{args.env}, paper preset; torch {torch.__version__} on "
           f"{torch.cuda.get_device_name()}; CUDA_DEVICE_MAX_CONNECTIONS="
           f"{os.environ.get('CUDA_DEVICE_MAX_CONNECTIONS', 'unset (8)')}; "
-          f"{args.rounds} rounds, median of {args.repeats}")
+          f"{args.rounds} rounds of {args.block} update(s) per member, median of "
+          f"{args.repeats}")
     base_one = base_threads = None
     base_count = 1
     for count in args.members:
-        members = make_members(count, args.env)
-        launch = launch_us(members[0])
+        members = make_members(count, args.env, args.block)
+        launch = launch_us(members[0])  # per round of one member
         timings = [round_ms_one_thread(members, args.rounds) for _ in range(args.repeats)]
         host = statistics.median(t[0] for t in timings)
         one = statistics.median(t[1] for t in timings)

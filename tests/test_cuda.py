@@ -99,6 +99,38 @@ def test_graphed_updates_match_eager_updates():
 
 
 @cuda
+def test_graphed_blocks_match_eager_blocks_and_single_updates():
+    """Blocks of 4 updates of two minibatch shapes, interleaved: each shape's first block runs
+    eagerly, the rest replay its graph (`SAC.update_block`). Same weights and statistics as
+    eager blocks, and as the same updates one by one, from the same seed."""
+    rows = [256] * 8 + [12] * 8 + [256] * 8 + [12] * 4
+    batches = _batches(rows)
+
+    def blocks():
+        at = 0
+        for size in (4,) * (len(rows) // 4):
+            yield Transition(*(torch.stack(c) for c in zip(*batches[at:at + size],
+                                                              strict=True)))
+            at += size
+
+    agents, stats = {}, {}
+    for mode in ("one by one", "eager blocks", "graphed blocks"):
+        agent = _agent(mode == "graphed blocks")
+        torch.manual_seed(1)
+        if mode == "one by one":
+            stats[mode] = [dict(agent.update(b)) for b in batches][3::4]
+        else:
+            stats[mode] = [dict(agent.update_block(b)) for b in blocks()]
+        agents[mode] = agent
+    assert agents["graphed blocks"]._block_step.captured == 2
+    for mode in ("eager blocks", "graphed blocks"):
+        _assert_same(agents["one by one"], agents[mode])
+        for e, g in zip(stats["one by one"], stats[mode], strict=True):
+            assert g == pytest.approx(e, rel=1e-5, abs=1e-6)
+        assert agents[mode].num_updates == len(rows)
+
+
+@cuda
 def test_graphed_agent_resumes_a_checkpoint_exactly():
     """Twelve updates straight, against seven, a load of the snapshot taken after five (with
     the generator's state) and seven more: the same agent. Loading must drop the captured
@@ -202,7 +234,8 @@ def test_loop_on_cuda_with_graphs(objective):
         assert metrics and all(math.isfinite(row["return_mean"]) for row in metrics)
         returns[graphed] = [row["return_mean"] for row in metrics]
         if graphed:
-            assert trainer.agent._step.captured and trainer.model.cuda_graph
+            # Its SAC blocks have one minibatch shape each: each block is one graph.
+            assert trainer.agent._block_step.captured and trainer.model.cuda_graph
     print(f"{objective}: eager returns {returns[False]}, graphed {returns[True]}")
 
 

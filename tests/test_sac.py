@@ -248,3 +248,28 @@ def test_state_dict_round_trip_resumes_exactly():
                     strict=True):
         assert torch.equal(p, q)
     assert torch.equal(clone.q(obs, act), agent.q(obs, act))
+
+
+def test_a_block_of_updates_is_those_updates_one_after_another():
+    """`update_block` (one graph on a GPU) against `update` per minibatch, from the same
+    state and noise: the same weights, targets, temperature and Adam moments, bit for bit,
+    and the last update's statistics. A block that skipped, repeated or reordered a minibatch
+    would differ."""
+    batches = [make_batch(seed=s) for s in range(5)]
+    block = Transition(*(torch.stack(column) for column in zip(*batches, strict=True)))
+    one_by_one, at_once = make_agent(seed=0), make_agent(seed=0)
+    torch.manual_seed(7)
+    for batch in batches:
+        last = one_by_one.update(batch)
+    torch.manual_seed(7)
+    stats = at_once.update_block(block)
+    assert dict(stats) == dict(last) and at_once.num_updates == one_by_one.num_updates == 5
+    a, b = one_by_one.state_dict(), at_once.state_dict()
+    for part in ("actor", "critic", "critic_target"):
+        for name, tensor in a[part].items():
+            assert torch.equal(b[part][name], tensor), (part, name)
+    assert torch.equal(a["log_alpha"], b["log_alpha"])
+    for opt in ("actor_opt", "critic_opt", "alpha_opt"):
+        for i, moments in a[opt]["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(b[opt]["state"][i][key], value), (opt, i, key)

@@ -346,12 +346,15 @@ class Trainer:
         if n_mixed == block:
             real = Transition(*(torch.cat(parts, 1) for parts in zip(real, model, strict=True)))
             model = None
-        k = 0
-        for i in range(block):
-            batch = real.index(i)
-            if model is not None and mixed[i]:
-                batch, k = Transition.cat([batch, model.index(k)]), k + 1
-            self.sac_stats = self.agent.update(batch)
+        if model is None:  # the block's minibatches have one shape: one call (on a GPU, one graph)
+            self.sac_stats = self.agent.update_block(real)
+        else:
+            k = 0
+            for i in range(block):
+                batch = real.index(i)
+                if mixed[i]:
+                    batch, k = Transition.cat([batch, model.index(k)]), k + 1
+                self.sac_stats = self.agent.update(batch)
         pass_turn()  # in a population, the next member's step runs while this block does
         _require_finite("sac", self.env_steps,
                         **{f"SAC_{k.replace('_', ' ')}": v for k, v in self.sac_stats.items()})
