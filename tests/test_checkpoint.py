@@ -29,9 +29,10 @@ ARGS = ["--env", "hopper", "--objective", "tom", "--preset", "smoke", "--seed", 
 
 # Kill points: (phase, function to patch, how many calls it gets in the whole run). The smoke
 # preset with 3 epochs refits at real steps 200, 300, ..., 600 (5 refits, TOM from the second
-# one on), and takes a block of 10 SAC updates every 20 real steps after the first fit.
+# one on), and takes a block of 10 SAC updates every 20 real steps after the first fit
+# (`SAC._update` is each update, in a block or alone).
 PHASES = {
-    "sac update": ("tom.sac:SAC.update", (60, 200)),
+    "sac update": ("tom.sac:SAC._update", (60, 200)),
     "model refit": ("tom.dynamics:DynamicsModel.fit", (3, 5)),
     "discriminator": ("tom.objectives.tom:train_discriminator", (2, 4)),
     "dual": ("tom.objectives.tom:TOMObjective._train_dual", (2, 4)),
@@ -122,7 +123,7 @@ def test_sigkill_then_resume_equals_uninterrupted(phase, calls, reference, tmp_p
 @pytest.mark.parametrize("signame,target,calls", [
     ("TERM", "tom.mbpo:Trainer._real_step", 150),  # the random phase (action-space RNG)
     ("TERM", "tom.objectives.tom:TOMObjective._train_dual", 3),  # mid-epoch, inside a refit
-    ("INT", "tom.sac:SAC.update", 130),
+    ("INT", "tom.sac:SAC._update", 130),
 ])
 def test_signal_checkpoints_exits_nonzero_and_resumes_exactly(signame, target, calls,
                                                               reference, tmp_path):
@@ -167,7 +168,7 @@ def test_keep_checkpoint_keeps_it(tmp_path):
 def interrupted(tmp_path_factory) -> Path:
     """A run directory holding the checkpoint of a run stopped by SIGTERM in epoch 2."""
     out = tmp_path_factory.mktemp("interrupted")
-    stopped = run_tom(out, kill=("tom.sac:SAC.update", 100, "TERM"))
+    stopped = run_tom(out, kill=("tom.sac:SAC._update", 100, "TERM"))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     return out
 
@@ -262,10 +263,14 @@ def test_env_state_round_trip_continues_the_episode_exactly(task):
 
 
 def _nan_sac_stats(original):
-    def update(self, batch):
+    """The 130th update's statistics (the last of a block) all nan, as a diverged update's."""
+    calls = [0]
+
+    def _update(self, batch):
         stats = original(self, batch)
-        return {**stats, "q_loss": float("nan")} if self.num_updates == 130 else stats
-    return update
+        calls[0] += 1
+        return torch.full_like(stats, float("nan")) if calls[0] == 130 else stats
+    return _update
 
 
 def _nan_fit_weights(original):
@@ -292,7 +297,7 @@ def _nan_prediction(original):
 
 
 @pytest.mark.parametrize("phase,owner,name,patch", [
-    ("sac", "tom.sac:SAC", "update", _nan_sac_stats),
+    ("sac", "tom.sac:SAC", "_update", _nan_sac_stats),
     ("objective", "tom.objectives.tom:TOMObjective", "fit_weights", _nan_fit_weights),
     ("model", "tom.dynamics:DynamicsModel", "fit", _nan_holdout),
     ("rollout", "tom.dynamics:DynamicsModel", "step", _nan_prediction),

@@ -405,6 +405,8 @@ def test_sac_minibatches_mix_model_data_with_the_objectives_probability(monkeypa
     trainer, obs = _after_first_refit(cfg)
     sizes, asked = [], []
     monkeypatch.setattr(trainer.agent, "update", lambda batch: sizes.append(batch.size) or {})
+    monkeypatch.setattr(trainer.agent, "update_block",  # all real or all mixed: one shape
+                        lambda block: sizes.extend([block.obs.shape[1]] * len(block.obs)) or {})
     monkeypatch.setattr(trainer.objective, "model_batch_probability",
                         lambda epoch: asked.append(epoch) or 0.3)
     torch.manual_seed(0)
@@ -430,7 +432,18 @@ def test_sac_block_minibatches_are_real_rows_then_model_rows_and_all_differ(monk
     cfg = resolve("inverted_pendulum", "mle", preset="smoke")
     trainer, _ = _after_first_refit(cfg)
     batches = []
-    monkeypatch.setattr(trainer.agent, "update", lambda batch: batches.append(batch) or {})
+
+    def record(batch):
+        batches.append(batch)
+        return {}
+
+    def record_block(block):  # a block of minibatches of one shape: [update, row, ...]
+        for i in range(len(block.obs)):
+            record(block.index(i))
+        return {}
+
+    monkeypatch.setattr(trainer.agent, "update", record)
+    monkeypatch.setattr(trainer.agent, "update_block", record_block)
     trainer._sac_block()
     n_real = int(cfg.sac.batch_size * cfg.rollout.real_ratio)
     assert len(batches) == cfg.schedule.update_block
