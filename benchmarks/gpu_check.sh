@@ -13,6 +13,7 @@
 #   4. the population scaling of the inner steps (population.py --device cuda);
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
+#      then the same with cuda_graph_steps=10 (part seeds_steps);
 #   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
 #      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
 #   7. where PAPER_CODE names a checkout of the paper's code (carried along; never
@@ -93,6 +94,11 @@ for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
+done
+for size in $POPULATIONS; do  # the same with 10 model-fit or dual steps per graph launch
+    part "seeds_steps_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
+        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
+        --set cuda_graph_steps=10 --csv "$OUT/bench.csv"
 done
 for count in $PROCESSES; do  # each process writes its own CSV and log; their last lines
     part "processes_$count" 300 bash -c 'for i in $(seq 1 "$1"); do

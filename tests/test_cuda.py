@@ -39,6 +39,9 @@ def test_cuda_graph_needs_device_cuda():
     with pytest.raises(ConfigError, match="'cuda_graph' = true is not allowed with device = "
                                           "'cpu'"):
         resolve("hopper", "mle", preset="smoke", overrides=["cuda_graph=true"])
+    with pytest.raises(ConfigError, match="'cuda_graph_steps' = 10 is not allowed with "
+                                          "cuda_graph = false: it must be 1"):
+        resolve("hopper", "mle", preset="smoke", overrides=["cuda_graph_steps=10"])
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, got device 'cpu'"):
         SAC(OBS_DIM, ACT_DIM, SACConfig(), cuda_graph=True)
     cfg = resolve("hopper", "mle", preset="smoke").model
@@ -157,10 +160,11 @@ def test_graphed_agent_resumes_a_checkpoint_exactly():
 
 
 @cuda
-@pytest.mark.parametrize("kind", ["mdn", "ensemble"])
-def test_graphed_model_fit_matches_eager(kind):
-    """Two weighted fits (the second warm-starts Adam, as refits do, and captures a new
-    graph): the same epochs, losses and parameters as eager fits from the same seed."""
+@pytest.mark.parametrize("kind,graph_steps", [("mdn", 1), ("ensemble", 1), ("mdn", 4)])
+def test_graphed_model_fit_matches_eager(kind, graph_steps):
+    """Two weighted fits (the second warm-starts Adam, as refits do, and captures new
+    graphs): the same epochs, losses and parameters as eager fits from the same seed. With
+    4 steps per graph, an epoch's 10 steps are two replays of 4 and two single steps."""
     cfg = resolve("hopper", "mle", preset="smoke").model
     cfg.kind, cfg.hidden_size, cfg.max_epochs, cfg.steps_per_epoch = kind, 32, 4, 10
     task = get_task("hopper")
@@ -175,7 +179,7 @@ def test_graphed_model_fit_matches_eager(kind):
     for graphed in (False, True):
         torch.manual_seed(0)
         model = make_model(cfg, task.obs_dim, task.act_dim, task.termination, "cuda",
-                           cuda_graph=graphed)
+                           cuda_graph=graphed, graph_steps=graph_steps if graphed else 1)
         fits = [model.fit(data, weights), model.fit(data, weights)]
         results[graphed] = (fits, [p.detach().clone() for p in model.parameters()])
     (eager_fits, eager_p), (graph_fits, graph_p) = results[False], results[True]
@@ -188,9 +192,11 @@ def test_graphed_model_fit_matches_eager(kind):
 
 
 @cuda
-def test_graphed_tom_refit_matches_eager():
-    """Two TOM refits (discriminator with a partial last minibatch, dual warm-started):
-    the same weights as eager refits from the same seed."""
+@pytest.mark.parametrize("graph_steps", [1, 6])
+def test_graphed_tom_refit_matches_eager(graph_steps):
+    """Two TOM refits (discriminator with a partial last minibatch, dual warm-started; with 6
+    dual steps per graph, 20 steps are three replays of 6 and two single steps): the same
+    weights as eager refits from the same seed."""
     task = get_task("hopper")
     n = 700
     g = torch.Generator().manual_seed(5)
@@ -206,6 +212,7 @@ def test_graphed_tom_refit_matches_eager():
             buf.add_initial_state(s0)
         cfg = resolve("hopper", "tom", preset="smoke", device="cuda",
                       overrides=[f"cuda_graph={str(graphed).lower()}", "tom.dual_steps=20",
+                                 f"cuda_graph_steps={graph_steps if graphed else 1}",
                                  "tom.disc_passes=4", "tom.recent_window=150",
                                  "tom.disc_batch=64"])
         torch.manual_seed(0)

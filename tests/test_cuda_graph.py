@@ -13,7 +13,7 @@ import contextlib
 import pytest
 import torch
 
-from tom.cuda_graph import GraphedStep
+from tom.cuda_graph import GraphedLoop, GraphedStep
 
 
 class FakeGraph:
@@ -21,10 +21,11 @@ class FakeGraph:
     capture_streams: list = []  # the stream argument of each capture
 
     def __init__(self) -> None:
-        self.work = None
+        self.works: list = []  # what the captured steps would do, in order
 
     def replay(self) -> None:
-        self.work()
+        for work in self.works:
+            work()
 
 
 class FakeStream:
@@ -68,7 +69,25 @@ def summing_step(seen: list[float]):
             out.copy_(x.sum())
 
         if FakeGraph.capturing is not None:
-            FakeGraph.capturing.work = work
+            FakeGraph.capturing.works.append(work)
+        else:
+            work()
+        return out
+
+    return step
+
+
+def counting_step(done: list[int]):
+    """A step without inputs that logs how many steps ran before it and returns that."""
+    def step() -> torch.Tensor:
+        out = torch.empty(())
+
+        def work() -> None:
+            out.fill_(len(done))
+            done.append(len(done))
+
+        if FakeGraph.capturing is not None:
+            FakeGraph.capturing.works.append(work)
         else:
             work()
         return out
@@ -143,3 +162,19 @@ def test_disabled_is_the_step_itself_and_warmup_must_be_positive():
     assert float(step(torch.ones(3))) == 3.0 and step.captured == 0
     with pytest.raises(ValueError, match="warmup = 0 is not allowed"):
         GraphedStep(summing_step(seen), warmup=0)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_loop_runs_its_steps_in_order_several_per_graph(fake_cuda, enabled):
+    """25 steps at 10 per graph: two launches of the 10-step graph (the first of its calls
+    eager, the second captures and replays) and 5 single steps (2 eager, then a capture and
+    replays); every step runs once, in order, and the last one's output is returned. Off,
+    the plain loop."""
+    done: list[int] = []
+    loop = GraphedLoop(counting_step(done), per_graph=10, enabled=enabled)
+    assert float(loop(25)) == 24.0 and done == list(range(25))
+    if enabled:
+        assert loop.many.captured == 1 and loop.one.captured == 1
+    assert float(loop(7)) == 31.0 and done == list(range(32))  # 7 single steps
+    with pytest.raises(ValueError, match="per_graph = 0 is not allowed"):
+        GraphedLoop(counting_step(done), per_graph=0)

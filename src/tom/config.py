@@ -255,6 +255,9 @@ class RunConfig:
                           "discriminator and dual steps from CUDA graphs (tom.cuda_graph: the "
                           "same computation without hundreds of kernel launches per step); "
                           "device cuda only, where it is on unless set to false")
+    cuda_graph_steps: _AtLeast1 = _f(1, "with cuda_graph: model-fit and TOM dual steps "
+                                     "replayed per launch of one CUDA graph (the same steps "
+                                     "in the same order; fewer launches)")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -555,6 +558,10 @@ def _validate_cross(cfg: RunConfig) -> None:
     if cfg.cuda_graph and cfg.device != "cuda":
         raise ConfigError(f"config key 'cuda_graph' = true is not allowed with device = "
                           f"{cfg.device!r}: CUDA graphs need device cuda (or set cuda_graph=false)")
+    if cfg.cuda_graph_steps > 1 and not cfg.cuda_graph:
+        raise ConfigError(f"config key 'cuda_graph_steps' = {cfg.cuda_graph_steps} is not "
+                          "allowed with cuda_graph = false: it must be 1 (steps per CUDA graph "
+                          "launch need CUDA graphs)")
     if cfg.rollout.every > s.epoch_length:
         raise ConfigError(f"config key 'rollout.every' = {cfg.rollout.every} is not allowed: "
                           f"it must be <= schedule.epoch_length = {s.epoch_length}")

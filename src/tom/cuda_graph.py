@@ -14,6 +14,8 @@ It must not synchronise with the host (no ``.item()``, no data-dependent Python 
 allocate what outlives the step, or change shape. Its first calls per input shape run
 eagerly (they create the optimisers' moments and the libraries' workspaces, which capture
 requires to exist); if capturing fails, the step runs eagerly from then on, with one warning.
+A graph may also hold several steps (`GraphedLoop`, a block of SAC updates): one launch
+then does them all; each launch costs the host time, and a run replays tens of thousands.
 
 Streams: the eager calls run on the caller's current stream, not on a side stream as
 PyTorch's examples do. What they allocate to outlive them (an optimiser's moments) then
@@ -106,6 +108,39 @@ class GraphedStep:
             self.enabled = False
             return None
         return graph, fixed, out
+
+
+class GraphedLoop:
+    """``loop(count)``: ``step()`` (a step without inputs) ``count`` times, in order; with
+    graphs, ``per_graph`` steps per replay of one graph (and single-step replays for what
+    does not fill one), so that one launch does ``per_graph`` steps. The same steps in the
+    same order as a plain loop; ``enabled=False`` is the plain loop. Returns the last step's
+    output."""
+
+    def __init__(self, step: Callable[[], Tensor], per_graph: int = 1, enabled: bool = True,
+                 warmup: int = 2) -> None:
+        if per_graph < 1:
+            raise ValueError(f"per_graph = {per_graph} is not allowed: it must be >= 1")
+        self.per_graph = per_graph if enabled else 1
+
+        def steps() -> Tensor:
+            for _ in range(per_graph - 1):
+                step()
+            return step()
+
+        # One eager call of the long graph's steps warms it up: its first call's steps.
+        self.many = (GraphedStep(steps, warmup=1, enabled=enabled) if self.per_graph > 1
+                     else None)
+        self.one = GraphedStep(step, warmup=warmup, enabled=enabled)
+
+    def __call__(self, count: int) -> Tensor:
+        full, rest = divmod(count, self.per_graph) if self.many is not None else (0, count)
+        out = torch.empty(0)
+        for _ in range(full):
+            out = self.many()
+        for _ in range(rest):
+            out = self.one()
+        return out
 
 
 def _capture_stream() -> torch.cuda.Stream | None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tom.buffer import Transition, weighted_indices
 from tom.compile import compiled
 from tom.config import ModelConfig
-from tom.cuda_graph import GraphedStep, check_device
+from tom.cuda_graph import GraphedLoop, check_device
 from tom.optim import adam
 from tom.turns import pass_turn
 
@@ -147,8 +147,10 @@ class DynamicsModel(nn.Module, ABC):
     num_members: int = 1
     # The minibatch loss `fit` steps on, compiled (`tom.compile`); None: `_objective` itself.
     _step_objective: Callable[..., Tensor] | None = None
-    # Whether `fit` replays its minibatch steps from a CUDA graph (`tom.cuda_graph`).
+    # Whether `fit` replays its minibatch steps from CUDA graphs (`tom.cuda_graph`), and how
+    # many steps per replay.
     cuda_graph: bool = False
+    graph_steps: int = 1
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig,
                  termination_fn: TerminationFn) -> None:
@@ -423,8 +425,8 @@ class DynamicsModel(nn.Module, ABC):
             opt.step()
             return total.add_(loss.detach())
 
-        # A graph per fit: the training split is new tensors each fit.
-        step = GraphedStep(minibatch_step, enabled=self.cuda_graph)
+        # Graphs per fit: the training split is new tensors each fit.
+        steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
 
         best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
         initial = best.mean().item()
@@ -434,8 +436,7 @@ class DynamicsModel(nn.Module, ABC):
         for _ in range(cfg.max_epochs):
             self.train()
             total.zero_()
-            for _ in range(cfg.steps_per_epoch):
-                step()
+            steps(cfg.steps_per_epoch)
             self.eval()
             epochs += 1
             pass_turn()  # in a population: the others' work runs while this epoch's does
@@ -668,15 +669,15 @@ _MODELS: dict[str, type[DynamicsModel]] = {
 
 def make_model(cfg: ModelConfig, obs_dim: int, act_dim: int, termination_fn: TerminationFn,
                device: torch.device | str = "cpu", compile: bool = False,
-               cuda_graph: bool = False) -> DynamicsModel:
+               cuda_graph: bool = False, graph_steps: int = 1) -> DynamicsModel:
     """The dynamics model `cfg.kind` names, on `device`; with ``compile``, its minibatch loss
-    compiled (`tom.compile`); with ``cuda_graph``, its fit's minibatch steps replayed from a
-    CUDA graph (`tom.cuda_graph`)."""
+    compiled (`tom.compile`); with ``cuda_graph``, its fit's minibatch steps replayed from
+    CUDA graphs, ``graph_steps`` per replay (`tom.cuda_graph`)."""
     if cfg.kind not in _MODELS:
         raise ValueError(f"model.kind must be one of {', '.join(_MODELS)}, got {cfg.kind!r}")
     check_device(cuda_graph, device)
     model = _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)
-    model.cuda_graph = cuda_graph
+    model.cuda_graph, model.graph_steps = cuda_graph, graph_steps
     if compile:
         model._step_objective = compiled(model._objective, True)
     return model

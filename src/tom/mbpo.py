@@ -105,7 +105,8 @@ class Trainer:
                          cuda_graph=cfg.cuda_graph)
         self.model: DynamicsModel = make_model(cfg.model, obs_dim, act_dim, task.termination,
                                                self.device, compile=cfg.compile,
-                                               cuda_graph=cfg.cuda_graph)
+                                               cuda_graph=cfg.cuda_graph,
+                                               graph_steps=cfg.cuda_graph_steps)
         self.objective: Objective = make_objective(cfg, obs_dim, act_dim)
         self.env_steps = 0
         self.model_fitted = False

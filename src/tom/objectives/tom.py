@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tom.buffer import ReplayBuffer, Transition
 from tom.compile import compiled
 from tom.config import TOMConfig
-from tom.cuda_graph import GraphedStep
+from tom.cuda_graph import GraphedLoop, GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import adam
 from tom.sac import mlp, xavier_init_
@@ -248,7 +248,7 @@ class TOMObjective(ReweightingObjective):
         super().__init__(cfg, obs_dim, act_dim)
         self.tom, self.gamma = cfg.tom, cfg.sac.gamma
         self.q = DualQ(obs_dim, act_dim, self.tom.dual_hidden, self.tom.dual_init).to(self.device)
-        self.cuda_graph = cfg.cuda_graph
+        self.cuda_graph, self.graph_steps = cfg.cuda_graph, cfg.cuda_graph_steps
         self.q_opt = adam(self.q.parameters(), lr=self.tom.dual_lr,
                           weight_decay=self.tom.dual_weight_decay, capturable=self.cuda_graph)
         self.rounds = 0
@@ -311,11 +311,9 @@ class TOMObjective(ReweightingObjective):
             self.q_opt.step()
             return loss.detach()
 
-        # A graph per refit (tom.cuda_graph): the buffer and ρ are new tensors each refit.
-        step = GraphedStep(minibatch_step, enabled=self.cuda_graph)
-        loss = torch.zeros(())
-        for _ in range(t.dual_steps):
-            loss = step()
+        # Graphs per refit (tom.cuda_graph): the buffer and ρ are new tensors each refit.
+        steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
+        loss = steps(t.dual_steps)
         pass_turn()  # in a population: the others' work runs while these steps do
         return {"dual_loss": loss.item()}
 
