@@ -247,18 +247,20 @@ def test_loop_on_cuda_with_graphs(objective):
 
 
 @cuda
-@pytest.mark.parametrize("seeds", [2, 6])
-def test_seeds_in_turns_on_cuda_equal_their_single_runs(seeds):
+@pytest.mark.parametrize("seeds,graph_steps", [(2, 1), (6, 1), (2, 10)])
+def test_seeds_in_turns_on_cuda_equal_their_single_runs(seeds, graph_steps):
     """`tom.population` on the GPU: each member in its own thread and CUDA stream, with
     graphs, with its own state object of the CUDA generator, gives its single run's
     evaluation returns. Two races this caught (benchmarks/RESULTS.md): members' graphs
     shared the generator's seed and offset tensors (2 % off at the second evaluation), and
     then, captured on one stream, cuBLAS's workspace (0.1-0.4 % off, a different value each
-    time). Six members also exercise memory freed and reused across streams."""
+    time). Six members also exercise memory freed and reused across streams; 10 model-fit
+    and dual steps per graph, graphs of several steps."""
     from tom.population import Population
 
     def cfg(seed: int):
-        return resolve("hopper", "tom", seed=seed, preset="smoke", device="cuda")
+        return resolve("hopper", "tom", seed=seed, preset="smoke", device="cuda",
+                       overrides=[f"cuda_graph_steps={graph_steps}"])
 
     single = {seed: [row["return_mean"] for row in Trainer(cfg(seed)).run().metrics]
               for seed in range(seeds)}
