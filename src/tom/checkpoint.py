@@ -39,12 +39,13 @@ class CheckpointError(ConfigError):
 # -- what a checkpoint captures beyond the trainer's tensors --------------------------------------
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNGs the training loop draws from (torch's CUDA ones where present)."""
+def rng_state(cuda: bool = True) -> dict[str, Any]:
+    """The global RNGs the training loop draws from (with ``cuda``, torch's CUDA ones where
+    present)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -121,7 +121,7 @@ class GraphedLoop:
                  warmup: int = 2) -> None:
         if per_graph < 1:
             raise ValueError(f"per_graph = {per_graph} is not allowed: it must be >= 1")
-        self.per_graph = per_graph if enabled else 1
+        self.per_graph = per_graph
 
         def steps() -> Tensor:
             for _ in range(per_graph - 1):
@@ -129,8 +129,7 @@ class GraphedLoop:
             return step()
 
         # One eager call of the long graph's steps warms it up: its first call's steps.
-        self.many = (GraphedStep(steps, warmup=1, enabled=enabled) if self.per_graph > 1
-                     else None)
+        self.many = (GraphedStep(steps, warmup=1) if enabled and per_graph > 1 else None)
         self.one = GraphedStep(step, warmup=warmup, enabled=enabled)
 
     def __call__(self, count: int) -> Tensor:

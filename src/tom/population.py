@@ -223,9 +223,7 @@ def _cpu_rng_state() -> dict[str, Any]:
     object of those (`_Member.cuda_rng`), installed by `_resume` rather than copied. Copying
     would not do: CUDA graphs read the generator's seed and offset from tensors of its state
     object, and members' graphs replaying at once on their streams would race for one."""
-    state = rng_state()
-    state.pop("cuda", None)
-    return state
+    return rng_state(cuda=False)
 
 
 def _resume(member: _Member) -> None:
