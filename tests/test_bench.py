@@ -1,9 +1,13 @@
 """`tom bench`: the end-to-end throughput measurement times whole epochs of the real loop."""
 
+import os
+import time
+
 import pandas as pd
 import pytest
+import torch
 
-from tom.bench import measure_throughput
+from tom.bench import GpuBusy, measure_throughput
 from tom.cli import main
 from tom.mbpo import PHASES
 
@@ -55,3 +59,18 @@ def test_bench_profile_lists_the_timed_steps_functions(capsys):
     assert "List reduced from" in out and "to 5 due to restriction" in out
     assert main([*argv[:-1], "0"]) == 2
     assert "--profile = 0 is not allowed" in capsys.readouterr().err
+
+
+def test_gpu_busy_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeypatch):
+    """A stand-in `nvidia-smi` on PATH prints three samples; off a GPU nothing is sampled."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '40\\n70\\n100\\n'\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    busy = GpuBusy(torch.device("cuda", 0))
+    time.sleep(0.5)
+    assert busy.stop() == pytest.approx(70.0)
+    assert GpuBusy(torch.device("cpu")).stop() is None
+    row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
+                             preset="smoke")
+    assert row["gpu_busy_percent"] is None  # a CPU run, even with nvidia-smi on PATH

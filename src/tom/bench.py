@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import cProfile
 import math
+import shutil
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -48,6 +50,39 @@ def fill(trainer: Trainer, steps: int) -> None:
     trainer.env_steps = steps
 
 
+class GpuBusy:
+    """The GPU's busy share while the timed steps run: ``nvidia-smi``'s ``utilization.gpu``
+    (the share of each sample period in which at least one kernel ran) sampled every 100 ms.
+    It tells a loop that keeps the GPU busy (where only fewer or larger kernels help) from
+    one that leaves it idle while the host works or waits. ``percent`` is None off a GPU or
+    without ``nvidia-smi``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.percent: float | None = None
+        self._process: subprocess.Popen[str] | None = None
+        tool = shutil.which("nvidia-smi")
+        if device.type == "cuda" and tool is not None:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self._process = subprocess.Popen(
+                [tool, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "100", "-i", str(index)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def stop(self) -> float | None:
+        """End the sampling; the mean busy percentage (None where nothing was sampled)."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                out, _ = self._process.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                out, _ = self._process.communicate()
+            samples = [float(line) for line in out.split() if line.strip().isdigit()]
+            self.percent = statistics.mean(samples) if samples else None
+            self._process = None
+        return self.percent
+
+
 def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
                        steps: int = 1000, device: str = "cpu", threads: int = 1,
                        preset: str = "paper", overrides: list[str] | None = None,
@@ -60,7 +95,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     wall time), and the phase seconds are the runs' mean. On a GPU a phase's seconds then
     include the other runs' turns taken inside it (`tom.turns.pass_turn`). A ``profiler``
     is enabled for the timed steps only (on a GPU its times are the host's: the waits for
-    the device show in the calls that synchronise)."""
+    the device show in the calls that synchronise). On a GPU, ``gpu_busy_percent`` is its
+    busy share over the timed steps (`GpuBusy`)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")
@@ -90,6 +126,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     trainers = [pop.add(lambda cfg=cfg: prepared(cfg)) for cfg in cfgs]
     if profiler is not None:
         profiler.enable()
+    busy = GpuBusy(trainers[0].device)
     start = time.perf_counter()
     try:
         if population == 1:
@@ -98,6 +135,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
             pop.run()
     finally:
         wall = time.perf_counter() - start
+        busy.stop()
         if profiler is not None:
             profiler.disable()
     timed = [row for trainer in trainers for row in trainer.result.metrics]
@@ -108,6 +146,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
         "steps_per_s": epochs * length / wall,
         "steps_per_s_median_epoch": statistics.median(row["sps"] for row in timed),
         "first_fit_s": first_fit / population, "wall_s": wall,
+        "gpu_busy_percent": busy.percent,
         **{f"time_{phase}": statistics.mean(t.times[phase] for t in trainers)
            for phase in PHASES},
     }
@@ -122,4 +161,6 @@ def format_row(row: dict[str, Any]) -> str:
             f"{row['threads']} thread(s){runs}, "
             f"buffer {row['buffer_size']}: {row['steps_per_s']:.2f} real steps/s "
             f"(median epoch {row['steps_per_s_median_epoch']:.2f}) over {row['steps']} steps; "
-            f"seconds: {phases}")
+            f"seconds: {phases}"
+            + ("" if row.get("gpu_busy_percent") is None
+               else f"; GPU busy {row['gpu_busy_percent']:.0f} %"))
