@@ -10,7 +10,8 @@
 #      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
 #      and compiled; the model step; a rollout step; a TOM refit;
-#   4. the population scaling of the inner steps (population.py --device cuda);
+#   4. the population scaling of the inner steps (population.py --device cuda), stacked
+#      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
 #      then the same with cuda_graph_steps=10 (part seeds_steps);
@@ -90,6 +91,8 @@ part micro 150 python3 benchmarks/throughput.py micro --device cuda --threads 2 
     --sac eager graph compile graph+compile
 part population 90 python3 benchmarks/population.py --device cuda --members 1 2 5 10 20 \
     --repeats 5
+part population_graph 90 python3 benchmarks/population.py --device cuda --graph \
+    --members 1 2 5 10 20 --repeats 5
 for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \

@@ -2,6 +2,7 @@
 run's time (a SAC update; a model minibatch step), for P members at once against P times one.
 
     python benchmarks/population.py --threads 2 --members 1 2 5 10 [--repeats 7] [--device cuda]
+        [--graph]
 
 "At once" stacks the P members' parameters ([P, ...] tensors, `torch.func.stack_module_state`)
 and evaluates each loss and its gradient for all members in one pass (`torch.func.vmap` of
@@ -12,6 +13,12 @@ stopping, and the SAC step here is the critic and actor losses with their Adam s
 temperature, no Polyak average). Prints milliseconds per step per member and the speed-up per
 seed over running the members one after another. A third column stacks only the twin
 critics, by hand without vmap (`StackedLinear`), the cheapest form stacking can take.
+
+With ``--graph`` (``--device cuda`` only) each stacked step is replayed from a CUDA graph
+(`tom.cuda_graph.GraphedStep`), as the training loop replays its steps: what a stacked
+population's steps would cost against the loop's own graphed ones (benchmarks/RESULTS.md:
+a graphed SAC update of one run is about 0.5 ms on an H100, and members in turns on their own
+streams overlap little).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from throughput import median_time  # benchmarks/throughput.py, next to this scr
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from tom.config import resolve
+from tom.cuda_graph import GraphedStep
 from tom.dynamics import make_model
 from tom.envs import get_task
 from tom.optim import adam
@@ -61,7 +69,26 @@ def sac_losses(agent: SAC) -> tuple[Callable, Callable]:
     return critic_loss, actor_loss
 
 
-def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int) -> Callable[[], None]:
+def graphed(step: Callable[[], None], enabled: bool) -> Callable[[], object]:
+    """``step``, replayed from a CUDA graph after two eager calls where ``enabled``."""
+    if not enabled:
+        return step
+    done = torch.zeros(())
+
+    def with_output() -> torch.Tensor:
+        step()
+        return done
+
+    replay = GraphedStep(with_output, warmup=2)
+    for _ in range(3):  # the eager calls and the capture
+        replay()
+    if replay.captured != 1:
+        raise RuntimeError(f"{step.__qualname__} was not captured as a CUDA graph")
+    return replay
+
+
+def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int,
+             capturable: bool = False) -> Callable[[], None]:
     """One SAC step (critic and actor losses, gradients, Adam) for all members at once."""
     p, dev = len(agents), agents[0].device
     critic_p, _ = stack_module_state([a.critic for a in agents])
@@ -69,7 +96,7 @@ def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int) -> Calla
     actor_p, _ = stack_module_state([a.actor for a in agents])
     critic_loss, actor_loss = sac_losses(copy.deepcopy(agents[0]))
     q_grad, pi_grad = vmap(grad(critic_loss)), vmap(grad(actor_loss))
-    opt = adam([*critic_p.values(), *actor_p.values()], lr=3e-4)
+    opt = adam([*critic_p.values(), *actor_p.values()], lr=3e-4, capturable=capturable)
 
     def step() -> None:
         obs = torch.randn(p, batch, obs_dim, device=dev)
@@ -91,15 +118,15 @@ def sac_step(agents: list[SAC], batch: int, obs_dim: int, act_dim: int) -> Calla
     return step
 
 
-def stacked_critic_step(p: int, batch: int, in_dim: int, hidden: int, device: str = "cpu"
-                        ) -> Callable[[], None]:
+def stacked_critic_step(p: int, batch: int, in_dim: int, hidden: int, device: str = "cpu",
+                        capturable: bool = False) -> Callable[[], None]:
     """Without vmap: the twin critics of P members as one stack of 2P networks ([2P, ·, ·]
     weights, one `baddbmm` per layer, as `TwinQ` stacks its two), a squared-error step with
     fused Adam. The cheapest form stacking can take."""
     net = torch.nn.Sequential(StackedLinear(2 * p, in_dim, hidden), torch.nn.ReLU(),
                               StackedLinear(2 * p, hidden, hidden), torch.nn.ReLU(),
                               StackedLinear(2 * p, hidden, 1)).to(device)
-    opt = adam(net.parameters(), lr=3e-4)
+    opt = adam(net.parameters(), lr=3e-4, capturable=capturable)
     x, y = torch.randn(2 * p, batch, in_dim, device=device), torch.randn(2 * p, batch, 1,
                                                                           device=device)
 
@@ -123,14 +150,15 @@ class _MemberNLL(torch.nn.Module):
         return self.model._member_nll(x[None], y[None]).mean()
 
 
-def model_step(models: list, batch: int, in_dim: int, out_dim: int) -> Callable[[], None]:
+def model_step(models: list, batch: int, in_dim: int, out_dim: int,
+               capturable: bool = False) -> Callable[[], None]:
     """One MDN minibatch step (NLL, gradient, Adam) for all members at once."""
     p, dev = len(models), models[0].in_mean.device
     wrapped = [_MemberNLL(m) for m in models]
     params, buffers = stack_module_state(wrapped)
     template = copy.deepcopy(wrapped[0])
     g = vmap(grad(lambda prm, buf, x, y: functional_call(template, (prm, buf), (x, y))))
-    opt = adam(list(params.values()), lr=1e-3)
+    opt = adam(list(params.values()), lr=1e-3, capturable=capturable)
 
     def step() -> None:
         x = torch.randn(p, batch, in_dim, device=dev)
@@ -150,26 +178,33 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--graph", action="store_true",
+                        help="replay each stacked step from a CUDA graph (--device cuda)")
     args = parser.parse_args()
-    dev = args.device
+    dev, g = args.device, args.graph
+    if g and dev != "cuda":
+        parser.error(f"--graph needs --device cuda, not --device {dev}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     task = get_task(args.env)
     cfg = resolve(args.env, "mle", preset="paper")
     o, a = task.obs_dim, task.act_dim
     where = torch.cuda.get_device_name() if dev == "cuda" else f"{args.threads} CPU thread(s)"
-    print(f"{args.env} at the paper preset, {where}, torch {torch.__version__}; "
+    print(f"{args.env} at the paper preset, {where}, torch {torch.__version__}"
+          f"{', CUDA graphs' if g else ''}; "
           f"ms per step per member (median of {args.repeats}); speed-up per seed against "
           "one member's own step")
     single_sac = single_model = single_critic = None
     for p in args.members:
         agents = [SAC(o, a, cfg.sac, dev) for _ in range(p)]
-        t_sac = median_ms(sac_step(agents, cfg.sac.batch_size, o, a), args.repeats, 10) / p
+        t_sac = median_ms(graphed(sac_step(agents, cfg.sac.batch_size, o, a, g), g),
+                          args.repeats, 10) / p
         models = [make_model(cfg.model, o, a, task.termination, dev) for _ in range(p)]
-        t_model = median_ms(model_step(models, cfg.model.batch_size, o + a, 1 + o),
-                            args.repeats, 10) / p
-        t_critic = median_ms(stacked_critic_step(p, cfg.sac.batch_size, o + a,
-                                                 cfg.sac.hidden_size, dev), args.repeats, 50) / p
+        t_model = median_ms(graphed(model_step(models, cfg.model.batch_size, o + a, 1 + o, g),
+                                    g), args.repeats, 10) / p
+        t_critic = median_ms(graphed(stacked_critic_step(p, cfg.sac.batch_size, o + a,
+                                                         cfg.sac.hidden_size, dev, g), g),
+                             args.repeats, 50) / p
         single_sac, single_model = single_sac or t_sac, single_model or t_model
         single_critic = single_critic or t_critic
         print(f"  P = {p:2d}: SAC step {t_sac:6.2f} ms ({single_sac / t_sac:4.2f}×), "
