@@ -257,7 +257,8 @@ class RunConfig:
                           "device cuda only, where it is on unless set to false")
     cuda_graph_steps: _AtLeast1 = _f(1, "with cuda_graph: model-fit and TOM dual steps "
                                      "replayed per launch of one CUDA graph (the same steps "
-                                     "in the same order; fewer launches)")
+                                     "in the same order; fewer launches, but on an H100 10 "
+                                     "made runs slower: benchmarks/RESULTS.md)")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -13,10 +13,11 @@ RESULTS.md: stacked, twenty members' steps cost about what one does). There each
 a thread of its own, with its own CUDA stream, and passes the turn not only after each real
 step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`: after
 its SAC block, each model-fit epoch, the discriminator's and the dual's training). The next
-members then launch their work while this member's runs. Measured on one H200, ten members make
-1.4-1.7× one run's throughput, far from what the chip could do: either each graph launch costs
-the host much, or members' kernels run at once less than hoped (benchmarks/RESULTS.md;
-benchmarks/graph_streams.py tells them apart). Grad mode and the current stream are per thread,
+members then launch their work while this member's runs. Measured on one H100, 2, 5 and 10
+members make 1.17×, 1.39× and 1.51× one run's throughput. Fewer graph launches do not help;
+the GPU runs the members' small kernels at once only partly (at most 3.7 SAC updates in the
+time of one, benchmarks/graph_streams.py) and is busy 82 % of the time with one member or
+ten (benchmarks/RESULTS.md). Grad mode and the current stream are per thread,
 so each member keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP
 gives each calling thread its own team of workers, which on 2 cores made members 40 % slower
 (benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
