@@ -27,7 +27,8 @@
 #
 #     bash benchmarks/gpu_check.sh   # or BUDGET=300 PARTS="tests seeds" POPULATIONS="1 10" bash ...
 #
-# Where .whl/ holds wheels (a machine without a package index), they are installed first.
+# Where .whl/ holds wheels (a machine without a package index), they are installed first;
+# with PAPER_CODE, also those in .whl/paper_deps/ (the paper's code imports matplotlib, tqdm).
 set -u
 OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-500}
@@ -40,8 +41,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
 
 if [ -d .whl ]; then
+    wheels=(.whl/*.whl)  # and where the paper's code runs, what it imports (.whl/paper_deps)
+    [ -n "${PAPER_CODE:-}" ] && [ -d .whl/paper_deps ] && wheels+=(.whl/paper_deps/*.whl)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
+        --target /tmp/site "${wheels[@]}" || exit 1
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
