@@ -14,14 +14,17 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with cuda_graph_steps=10 (part seeds_steps);
+#      then the same with 32 hardware queues for streams (part seeds_connections), 20 real
+#      steps around a refit under torch.profiler (part timeline: the GPU's overlap, the
+#      host's waits and launches; gpu_timeline.py), and with cuda_graph_steps=10 (part
+#      seeds_steps);
 #   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
 #      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
 #   7. where PAPER_CODE names a checkout of the paper's code (carried along; never
 #      committed), the side by side on the GPU (paper_code.py --device cuda).
-# PARTS picks which run (default "tests streams bench micro population seeds processes
-# paper_code"; "bench" is 2 and its runs of the other objectives, "seeds" is 5, "streams"
-# is 1b). Each part has its own
+# PARTS picks which run (default "tests streams bench micro population seeds timeline
+# processes paper_code"; "bench" is 2 and its runs of the other objectives, "seeds" is 5
+# but its timeline, "streams" is 1b). Each part has its own
 # time limit and the whole a deadline (BUDGET seconds, default 500): a part that would start
 # after it is skipped, and said so. Logs and the CSV go to $OUT (default ./gpu_out).
 #
@@ -35,7 +38,7 @@ BUDGET=${BUDGET:-500}
 OBJECTIVES=${OBJECTIVES:-"tom mle"}
 POPULATIONS=${POPULATIONS:-"2 5"}
 PROCESSES=${PROCESSES:-}
-PARTS=${PARTS:-"tests streams bench micro population seeds processes paper_code"}
+PARTS=${PARTS:-"tests streams bench micro population seeds timeline processes paper_code"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
@@ -100,6 +103,15 @@ for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
+done
+for size in $POPULATIONS; do  # the same with 32 hardware queues for the streams (CUDA's: 8)
+    part "seeds_connections_$size" 240 env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 -m tom.cli \
+        bench --env hopper --objective "$first" --device cuda --threads 2 --buffer-size 20000 \
+        --steps 1000 --seeds "$size" --csv "$OUT/bench.csv"
+done
+for size in $POPULATIONS; do  # 20 real steps around a refit under torch.profiler
+    part "timeline_$size" 240 python3 benchmarks/gpu_timeline.py --objective "$first" \
+        --seeds "$size" --skip 240 --steps 20
 done
 for size in $POPULATIONS; do  # the same with 10 model-fit or dual steps per graph launch
     part "seeds_steps_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
