@@ -24,8 +24,9 @@ from tom.population import Population
 TIMING = ("time_", "wall_time", "sps")
 
 
-def _cfg(seed: int, objective: str = "tom"):
-    return resolve("inverted_pendulum", objective, seed=seed, preset="smoke")
+def _cfg(seed: int, objective: str = "tom", overrides: tuple[str, ...] = ()):
+    return resolve("inverted_pendulum", objective, seed=seed, preset="smoke",
+                   overrides=list(overrides))
 
 
 def _untimed(result: TrainResult) -> list[dict]:
@@ -93,10 +94,14 @@ def test_a_member_that_fails_leaves_the_others_running(monkeypatch, threads):
 def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     """A member passes the turn after each real step and also inside it, where it would wait
     for its GPU work: after its SAC block, each model-fit epoch, the discriminator's training
-    and the dual's steps. The next member takes each turn, so members' work overlaps on a
-    GPU; a member that leaves a pass out of one of these places fails this test."""
+    and the dual's steps, and every 10 steps of those three loops (`tom.turns.STEPS_PER_TURN`;
+    here 12 discriminator steps and 25 dual steps per refit). The next member takes each
+    turn, so members' work overlaps on a GPU; a member that leaves a pass out of one of these
+    places fails this test."""
+    longer_loops = ("tom.disc_passes=6", "tom.dual_steps=25")  # 6 × 2 minibatches; 10+10+5
     population = Population(threads=True)
-    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1)]
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=longer_loops)))
+                for seed in (0, 1)]
     passes: list[tuple[int, str]] = []
     original = Population._pass_turn
 
@@ -110,7 +115,12 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     monkeypatch.setattr(Population, "_pass_turn", recording)
     population.run()
     assert {where for _, where in passes} == {
-        "_member_thread", "_sac_block", "fit", "_shaping_reward", "_train_dual"}
+        "_member_thread", "_sac_block", "fit", "train_discriminator", "_shaping_reward",
+        "_train_dual"}
+    for member in (0, 1):  # per refit: one pass after the discriminator, 1 inside it, 3 dual
+        count = [where for who, where in passes if who == member].count
+        assert count("train_discriminator") == count("_shaping_reward") > 0
+        assert count("_train_dual") == 3 * count("_shaping_reward")
     members = [who for who, _ in passes]
     # Both run to the same end, so they alternate throughout: 0, 1, 0, 1, ...
     assert members == [i % 2 for i in range(len(members))]

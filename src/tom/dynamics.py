@@ -33,7 +33,7 @@ from tom.compile import compiled
 from tom.config import ModelConfig
 from tom.cuda_graph import GraphedLoop, check_device
 from tom.optim import adam
-from tom.turns import pass_turn
+from tom.turns import in_turns
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -436,10 +436,11 @@ class DynamicsModel(nn.Module, ABC):
         for _ in range(cfg.max_epochs):
             self.train()
             total.zero_()
-            steps(cfg.steps_per_epoch)
+            # In a population, passing the turn every few steps and at the end: the others'
+            # work runs while this epoch's does.
+            in_turns(steps, cfg.steps_per_epoch, steps.per_graph)
             self.eval()
             epochs += 1
-            pass_turn()  # in a population: the others' work runs while this epoch's does
             train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
             finite = finite and math.isfinite(train_loss)
             losses = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)

@@ -12,12 +12,13 @@ What it is for: on a GPU one run's steps occupy a small part of the chip (benchm
 RESULTS.md: stacked, twenty members' steps cost about what one does). There each member runs in
 a thread of its own, with its own CUDA stream, and passes the turn not only after each real
 step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`: after
-its SAC block, each model-fit epoch, the discriminator's and the dual's training). The next
-members then launch their work while this member's runs. Measured on one H100, 2, 5 and 10
-members make 1.17×, 1.39× and 1.51× one run's throughput. Fewer graph launches do not help;
-the GPU runs the members' small kernels at once only partly (at most 3.7 SAC updates in the
-time of one, benchmarks/graph_streams.py) and is busy 82 % of the time with one member or
-ten (benchmarks/RESULTS.md). Grad mode and the current stream are per thread,
+its SAC block, each model-fit epoch, the discriminator's and the dual's training) and every
+10 steps of those loops (`tom.turns.in_turns`). The next members then launch their work
+while this member's runs. Measured on one H100 (before the passes every 10 steps), 2, 5 and
+10 members made 1.17×, 1.39× and 1.51× one run's throughput; fewer graph launches did not
+help; the GPU runs the members' small kernels at once only partly (at most 3.7 SAC updates
+in the time of one, benchmarks/graph_streams.py) and was busy 82 % of the time with one
+member or ten (benchmarks/RESULTS.md). Grad mode and the current stream are per thread,
 so each member keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP
 gives each calling thread its own team of workers, which on 2 cores made members 40 % slower
 (benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step

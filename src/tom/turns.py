@@ -8,12 +8,28 @@ small kernels at once instead of idling while one host thread waits. Outside a p
 and in one whose runs take turns in the caller's thread (as on a CPU), `pass_turn` does
 nothing. Inside one it leaves what the run computes unchanged: each run keeps its own random
 state, which `tom.population` swaps at every turn.
+
+A run also passes the turn every `STEPS_PER_TURN` steps of its long inner loops (the model
+fit, the discriminator, the dual; `in_turns`, `pass_turn_every`). Why: CUDA queues a bounded
+amount of work per stream, and past it a launch blocks the host until the GPU catches up
+(benchmarks/graph_streams.py: launches of 20-update blocks waited for most of the GPU's
+time). A run that launched a refit's thousand dual steps in one turn then held the turn,
+blocked, for much of its refit's GPU time, and no other run could queue work meanwhile. On
+one H100 ten runs took about what their refits one after another plus their other steps
+overlapped would take (benchmarks/RESULTS.md, sixth session); that these shorter turns let
+the refits overlap is expected, not yet measured.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+
+STEPS_PER_TURN = 10
+"""Inner steps (each about a hundred kernels) a run queues per turn in its long loops."""
 
 
 class Turns(Protocol):
@@ -36,3 +52,24 @@ def pass_turn() -> None:
 def register(turns: Turns | None) -> None:
     """Make ``turns`` what `pass_turn` calls in the current thread (None: nothing)."""
     _thread.turns = turns
+
+
+def in_turns(run: Callable[[int], T], count: int, granule: int = 1) -> T:
+    """``run(count)`` (``run(k)`` does k steps and returns the last one's output); in a
+    population, as runs of about `STEPS_PER_TURN` steps, a multiple of ``granule`` (``run``'s
+    steps per graph launch), with the turn passed after each. The same steps in the same
+    order either way; returns the last step's output."""
+    turns: Turns | None = getattr(_thread, "turns", None)
+    if turns is None or count <= 0:
+        return run(count)
+    chunk = -(-STEPS_PER_TURN // granule) * granule
+    for start in range(0, count, chunk):
+        out = run(min(chunk, count - start))
+        turns.pass_turn()
+    return out
+
+
+def pass_turn_every(done: int) -> None:
+    """`pass_turn` after every `STEPS_PER_TURN`-th step of a loop (``done`` steps so far)."""
+    if done % STEPS_PER_TURN == 0:
+        pass_turn()

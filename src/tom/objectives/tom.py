@@ -43,7 +43,7 @@ from tom.cuda_graph import GraphedLoop, GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import adam
 from tom.sac import mlp, xavier_init_
-from tom.turns import pass_turn
+from tom.turns import in_turns, pass_turn, pass_turn_every
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
 # anyway, so the argument is capped well below (the cap never binds at a sane optimum).
@@ -181,10 +181,13 @@ def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_d
         return loss.detach()
 
     step = GraphedStep(minibatch_step, enabled=cuda_graph)  # tom.cuda_graph
+    done = 0
     for _ in range(cfg.disc_passes):
         order = recent_idx[torch.randperm(n_recent, device=device)]
         for lo in range(0, n_recent, cfg.disc_batch):
             step(order[lo:lo + cfg.disc_batch])
+            done += 1
+            pass_turn_every(done)  # in a population: the others queue work meanwhile
     disc.requires_grad_(False)
     return disc
 
@@ -313,8 +316,9 @@ class TOMObjective(ReweightingObjective):
 
         # Graphs per refit (tom.cuda_graph): the buffer and ρ are new tensors each refit.
         steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
-        loss = steps(t.dual_steps)
-        pass_turn()  # in a population: the others' work runs while these steps do
+        # In a population, passing the turn every few steps and at the end: the others' work
+        # runs while these steps do.
+        loss = in_turns(steps, t.dual_steps, steps.per_graph)
         return {"dual_loss": loss.item()}
 
     def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
