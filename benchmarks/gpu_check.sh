@@ -14,7 +14,9 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with 32 hardware queues for streams (part seeds_connections), 20 real
+#      then the same with a turn per whole inner loop instead of every 10 steps (part
+#      seeds_loopturns, --steps-per-turn 0), with 32 hardware queues for streams (part
+#      seeds_connections), 20 real
 #      steps around a refit under torch.profiler (part timeline: the GPU's overlap, the
 #      host's waits and launches; gpu_timeline.py), and with cuda_graph_steps=10 (part
 #      seeds_steps);
@@ -103,6 +105,11 @@ for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
+done
+for size in $POPULATIONS; do  # the same with a turn per whole inner loop (before in_turns)
+    part "seeds_loopturns_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
+        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
+        --steps-per-turn 0 --csv "$OUT/bench.csv"
 done
 for size in $POPULATIONS; do  # the same with 32 hardware queues for the streams (CUDA's: 8)
     part "seeds_connections_$size" 240 env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 -m tom.cli \

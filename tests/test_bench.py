@@ -1,6 +1,7 @@
 """`tom bench`: the end-to-end throughput measurement times whole epochs of the real loop."""
 
 import os
+import sys
 import time
 
 import pandas as pd
@@ -74,3 +75,19 @@ def test_gpu_busy_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeypatch):
     row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
                              preset="smoke")
     assert row["gpu_busy_percent"] is None  # a CPU run, even with nvidia-smi on PATH
+
+
+def test_steps_per_turn_holds_for_the_measurement_only(monkeypatch):
+    from tom import turns
+    from tom.config import ConfigError
+    from tom.population import Population
+
+    seen, run = [], Population.run
+    monkeypatch.setattr(Population, "run",
+                        lambda self: seen.append(turns.STEPS_PER_TURN) or run(self))
+    row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
+                             preset="smoke", population=2, steps_per_turn=0)
+    assert seen == [sys.maxsize] and row["steps_per_turn"] == 0  # 0: one turn per whole loop
+    assert turns.STEPS_PER_TURN == 10
+    with pytest.raises(ConfigError, match="--steps-per-turn = -1 is not allowed"):
+        measure_throughput("inverted_pendulum", "mle", steps_per_turn=-1)

@@ -16,12 +16,14 @@ import math
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from tom import turns
 from tom.buffer import Transition
 from tom.config import ConfigError, resolve, set_value
 from tom.mbpo import PHASES, Trainer
@@ -87,7 +89,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
                        steps: int = 1000, device: str = "cpu", threads: int = 1,
                        preset: str = "paper", overrides: list[str] | None = None,
                        population: int = 1,
-                       profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+                       profiler: cProfile.Profile | None = None,
+                       steps_per_turn: int | None = None) -> dict[str, Any]:
     """Time ``steps`` real steps (rounded up to whole epochs) after a ``buffer_size`` fill.
 
     With ``population`` > 1, that many runs (seeds 0, 1, ...) take turns in one process
@@ -96,10 +99,14 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     include the other runs' turns taken inside it (`tom.turns.pass_turn`). A ``profiler``
     is enabled for the timed steps only (on a GPU its times are the host's: the waits for
     the device show in the calls that synchronise). On a GPU, ``gpu_busy_percent`` is its
-    busy share over the timed steps (`GpuBusy`)."""
+    busy share over the timed steps (`GpuBusy`). ``steps_per_turn`` replaces
+    `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn per whole inner loop)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")
+    if steps_per_turn is not None and steps_per_turn < 0:
+        raise ConfigError(f"--steps-per-turn = {steps_per_turn} is not allowed: it must be "
+                          ">= 1, or 0 for one turn per whole inner loop")
     cfgs = [resolve(env, objective, seed=seed, preset=preset, overrides=overrides or [],
                     device=device) for seed in range(population)]
     length = cfgs[0].schedule.epoch_length
@@ -126,6 +133,9 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     trainers = [pop.add(lambda cfg=cfg: prepared(cfg)) for cfg in cfgs]
     if profiler is not None:
         profiler.enable()
+    default_per_turn = turns.STEPS_PER_TURN
+    if steps_per_turn is not None:
+        turns.STEPS_PER_TURN = steps_per_turn or sys.maxsize
     busy = GpuBusy(trainers[0].device)
     start = time.perf_counter()
     try:
@@ -136,6 +146,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     finally:
         wall = time.perf_counter() - start
         busy.stop()
+        turns.STEPS_PER_TURN = default_per_turn
         if profiler is not None:
             profiler.disable()
     timed = [row for trainer in trainers for row in trainer.result.metrics]
@@ -147,6 +158,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
         "steps_per_s_median_epoch": statistics.median(row["sps"] for row in timed),
         "first_fit_s": first_fit / population, "wall_s": wall,
         "gpu_busy_percent": busy.percent,
+        "steps_per_turn": turns.STEPS_PER_TURN if steps_per_turn is None else steps_per_turn,
         **{f"time_{phase}": statistics.mean(t.times[phase] for t in trainers)
            for phase in PHASES},
     }

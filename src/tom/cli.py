@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tom.config import PRESETS, ConfigError, all_keys, resolve
+from tom.turns import STEPS_PER_TURN
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -250,7 +251,8 @@ def _bench(args: argparse.Namespace) -> int:
             row = measure_throughput(args.env, objective, buffer_size=buffer_size,
                                      steps=args.steps, device=args.device, threads=args.threads,
                                      preset=args.preset, overrides=args.set,
-                                     population=args.seeds, profiler=profiler)
+                                     population=args.seeds, profiler=profiler,
+                                     steps_per_turn=args.steps_per_turn)
             print(format_row(row), flush=True)
             if profiler is not None:
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
@@ -316,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seeds", type=int, default=1, metavar="P",
                     help="P runs (seeds 0..P-1) in one process, in turns (as `tom train "
                     "--seeds`); real steps/s are per run")
+    be.add_argument("--steps-per-turn", type=int, metavar="N",
+                    help="with --seeds: inner steps a run queues per turn in its model fit, "
+                    f"discriminator and dual loops (default {STEPS_PER_TURN}; 0: a turn per "
+                    "whole loop, as before tom.turns.in_turns), to measure the choice")
     be.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     be.add_argument("--csv", help="append one row per measurement to this CSV")
     be.add_argument("--profile", type=int, metavar="N",
