@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import inspect
 import json
+import signal
 import threading
 import time
 
@@ -164,8 +165,14 @@ def test_ctrl_c_in_the_caller_ends_members_in_threads(monkeypatch):
             time.sleep(0.01)
 
     monkeypatch.setattr(trainers[1], "_refit", refit_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        population.run()
+    # Python's own Ctrl-C handler: a process that a shell without job control started in the
+    # background has SIGINT ignored, and interrupt_main then does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            population.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not any(t.name.startswith("tom population") for t in threading.enumerate())
     assert all(t.env_steps < t.total_steps for t in trainers)
 
