@@ -31,9 +31,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
-import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
 from tom import mbpo
 from tom.bench import measure_throughput
@@ -118,7 +117,7 @@ def main() -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda"
                                            else [])
     try:  # every thread's operations, not only those of the thread that starts the profiler
-        config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+        config = _ExperimentalConfig(profile_all_threads=True)
     except TypeError:
         print("this torch's profiler records the CPU operations of one thread only (the CUDA "
               "calls of all)")
