@@ -14,12 +14,12 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with a turn per whole inner loop instead of every 10 steps (part
-#      seeds_loopturns, --steps-per-turn 0), with 32 hardware queues for streams (part
-#      seeds_connections), 20 real
-#      steps around a refit under torch.profiler (part timeline: the GPU's overlap, the
-#      host's waits and launches; gpu_timeline.py), and with cuda_graph_steps=10 (part
-#      seeds_steps);
+#      then the same with the runs' SAC updates stacked into one (part stacked,
+#      stack_sac=true, tom.stacked_sac), with a turn per whole inner loop instead of every
+#      10 steps (part seeds_loopturns, --steps-per-turn 0), with 32 hardware queues for
+#      streams (part seeds_connections), 20 real steps around a refit under torch.profiler
+#      (part timeline: the GPU's overlap, the host's waits and launches; gpu_timeline.py),
+#      and with cuda_graph_steps=10 (part seeds_steps);
 #   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
 #      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
 #   7. where PAPER_CODE names a checkout of the paper's code (carried along; never
@@ -40,7 +40,7 @@ BUDGET=${BUDGET:-500}
 OBJECTIVES=${OBJECTIVES:-"tom mle"}
 POPULATIONS=${POPULATIONS:-"2 5"}
 PROCESSES=${PROCESSES:-}
-PARTS=${PARTS:-"tests streams bench micro population seeds timeline processes paper_code"}
+PARTS=${PARTS:-"tests streams bench micro population seeds stacked timeline processes paper_code"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
@@ -105,6 +105,11 @@ for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
+done
+for size in $POPULATIONS; do  # the same with the runs' SAC updates as one (tom.stacked_sac)
+    part "stacked_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
+        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
+        --set stack_sac=true --csv "$OUT/bench.csv"
 done
 for size in $POPULATIONS; do  # the same with a turn per whole inner loop (before in_turns)
     part "seeds_loopturns_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tom.bench import GpuBusy, measure_throughput
+from tom.bench import GpuBusy, format_row, measure_throughput
 from tom.cli import main
 from tom.mbpo import PHASES
 
@@ -91,3 +91,18 @@ def test_steps_per_turn_holds_for_the_measurement_only(monkeypatch):
     assert turns.STEPS_PER_TURN == 10
     with pytest.raises(ConfigError, match="--steps-per-turn = -1 is not allowed"):
         measure_throughput("inverted_pendulum", "mle", steps_per_turn=-1)
+
+
+def test_bench_of_stacked_sac_updates_runs_them_stacked(monkeypatch):
+    """``stack_sac=true``: also one run goes through the stack (a population of one), so that
+    its throughput can be compared with the plain updates'."""
+    from tom.stacked_sac import StackedSAC
+
+    members, original = [], StackedSAC.update_block
+    monkeypatch.setattr(StackedSAC, "update_block",
+                        lambda self, b, n: members.append(len(b)) or original(self, b, n))
+    row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
+                             preset="smoke", overrides=["stack_sac=true"])
+    assert row["stack_sac"] is True and row["population"] == 1
+    assert members and set(members) == {1}
+    assert "SAC updates stacked" in format_row(row)

@@ -260,3 +260,134 @@ def test_train_seeds_rejects_bad_input_before_any_compute(tmp_path, capsys):
     assert _cli(tmp_path / "{seed}", "--seeds", "1", "-2") == 2
     assert "'seed' = -2 is not allowed" in capsys.readouterr().err
     assert not out.exists() and not any(tmp_path.iterdir())
+
+
+# -- stacked SAC updates (stack_sac) ----------------------------------------------------------
+
+STACKED = ("stack_sac=true",)
+
+
+def _assert_same_rows(result: TrainResult, single: TrainResult) -> None:
+    """The same untimed metrics, exactly (NaN, where no data yet, equal to NaN)."""
+    pd.testing.assert_frame_equal(pd.DataFrame(_untimed(result)), pd.DataFrame(_untimed(single)),
+                                  check_exact=True)
+
+
+class _EachOnItsOwn:
+    """A stand-in for `StackedSAC` that does each member's block with the member's own agent,
+    feeding it the noise the member drew: members must then equal their single runs exactly,
+    which checks what the population does around the stack (who waits for whom, whose random
+    state draws the noise, whose statistics go where)."""
+
+    calls: list[int] = []
+
+    def __init__(self, agents, cuda_graph=False):
+        self.agents = agents
+
+    def update_block(self, batches, noise):
+        type(self).calls.append(len(self.agents))
+        stats = []
+        for agent, block, drawn in zip(self.agents, batches, noise, strict=True):
+            feed = iter(drawn.flatten(0, 1))
+            original = torch.randn_like
+            torch.randn_like = lambda t, feed=feed: next(feed)
+            try:
+                stats.append(torch.tensor(list(agent.update_block(block).values())))
+            finally:
+                torch.randn_like = original
+            assert next(feed, None) is None  # the block used all its noise
+        return torch.stack(stats)
+
+
+def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeypatch):
+    """With stack_sac, each round of SAC blocks is one call with every member's block; the
+    members' runs are their single runs, bit for bit, when that call does each block on its
+    own (the stacked arithmetic itself: tests/test_stacked_sac.py)."""
+    results, updates = {}, 0
+    for seed in (0, 1, 2):  # each built right before its run, which starts from its seed
+        trainer = Trainer(_cfg(seed))
+        results[seed] = (trainer.run(), _parameters(trainer))
+        updates = trainer.agent.num_updates
+    monkeypatch.setattr("tom.population.StackedSAC", _EachOnItsOwn)
+    _EachOnItsOwn.calls = []
+    population = Population()
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
+                for seed in (0, 1, 2)]
+    for seed, trainer, result in zip((0, 1, 2), trainers, population.run(), strict=True):
+        single, single_params = results[seed]
+        _assert_same_rows(result, single)
+        for p, q in zip(single_params, _parameters(trainer), strict=True):
+            assert torch.equal(p, q)
+    blocks = updates // _cfg(0).schedule.update_block
+    assert _EachOnItsOwn.calls == [3] * blocks
+
+
+def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):
+    single = {seed: Trainer(_cfg(seed)).run() for seed in (0, 2)}
+    monkeypatch.setattr("tom.population.StackedSAC", _EachOnItsOwn)
+    _EachOnItsOwn.calls = []
+    population = Population()
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
+                for seed in (0, 1, 2)]
+    done = []
+
+    def fault_at_second_refit(original=trainers[1]._refit):
+        done.append(1)
+        if len(done) == 2:
+            raise NumericalFault("model", trainers[1].env_steps, "model training loss")
+        original()
+
+    monkeypatch.setattr(trainers[1], "_refit", fault_at_second_refit)
+    results = population.run()
+    assert isinstance(results[1], NumericalFault)
+    _assert_same_rows(results[0], single[0])
+    _assert_same_rows(results[2], single[2])
+    calls = _EachOnItsOwn.calls
+    assert calls[0] == 3 and calls[-1] == 2 and calls == sorted(calls, reverse=True)
+
+
+def test_stacked_members_train_with_the_stacked_updates():
+    """The real stack: every round is one update of all members, each member's agent has
+    taken its single run's number of updates, and the runs differ from each other."""
+    population = Population()
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
+                for seed in (0, 1)]
+    results = population.run()
+    single = Trainer(_cfg(0))
+    single_result = single.run()
+    for trainer, result in zip(trainers, results, strict=True):
+        assert trainer.agent.num_updates == single.agent.num_updates
+        assert len(result.metrics) == len(single_result.metrics)
+        assert result.metrics[-1].keys() == single_result.metrics[-1].keys()
+        assert all(np.isfinite(v) for v in result.metrics[-1].values())
+    assert _untimed(results[0]) != _untimed(results[1])
+    threads_off = Population(threads=False)
+    threads_off.add(lambda: Trainer(_cfg(0, overrides=STACKED)))
+    with pytest.raises(ValueError, match=r"Population\(threads=False\) is not allowed with "):
+        threads_off.run()
+    mixed = Population()
+    for overrides in (STACKED, ()):
+        mixed.add(lambda overrides=overrides: Trainer(_cfg(0, overrides=overrides)))
+    with pytest.raises(ValueError, match="stack_sac true and false are not allowed together"):
+        mixed.run()
+
+
+def test_train_seeds_with_stacked_sac_updates_writes_their_run_directories(tmp_path,
+                                                                           monkeypatch):
+    """`--set stack_sac=true`: the seeds' SAC blocks go through one stack per round, and each
+    seed writes the files of a run, its config recording the setting; one seed alone is a
+    population of one."""
+    from tom.stacked_sac import StackedSAC
+
+    members, original = [], StackedSAC.update_block
+    monkeypatch.setattr(StackedSAC, "update_block",
+                        lambda self, b, n: members.append(len(b)) or original(self, b, n))
+    assert _cli(tmp_path / "{seed}", "--seeds", "0", "1", "--set", "stack_sac=true") == 0
+    assert members and set(members) == {2}
+    assert _cli(tmp_path / "alone", "--seed", "3", "--set", "stack_sac=true") == 0
+    assert set(members) == {1, 2}
+    for run in ("0", "1", "alone"):
+        for name in RUN_FILES:
+            assert (tmp_path / run / name).exists(), (run, name)
+        config = json.loads((tmp_path / run / "config.json").read_text())["config"]
+        assert config["stack_sac"] is True

@@ -44,7 +44,7 @@ from tom.objectives import (
     weight_statistics,
 )
 from tom.sac import SAC
-from tom.turns import pass_turn
+from tom.turns import pass_turn, sac_block
 
 PHASES = ("env", "objective", "model", "rollout", "sac", "eval")
 
@@ -348,7 +348,7 @@ class Trainer:
             real = Transition(*(torch.cat(parts, 1) for parts in zip(real, model, strict=True)))
             model = None
         if model is None:  # the block's minibatches have one shape: one call (on a GPU, one graph)
-            self.sac_stats = self.agent.update_block(real)
+            self.sac_stats = sac_block(self.agent, real)
         else:
             k = 0
             for i in range(block):

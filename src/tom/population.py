@@ -42,9 +42,12 @@ from typing import Any
 import torch
 
 from tom import turns
+from tom.buffer import Transition
 from tom.checkpoint import rng_state, set_rng_state
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
+from tom.sac import SAC, UpdateStats
+from tom.stacked_sac import StackedSAC, draw_noise
 
 
 @dataclass
@@ -57,6 +60,17 @@ class _Member:
     steps: Any = None  # Trainer.run_steps, taking turns in the caller's thread
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     outcome: TrainResult | BaseException | None = None
+    request: _SACRequest | None = None  # its SAC block, waiting for the others' (stacked)
+
+
+@dataclass
+class _SACRequest:
+    """A member's block of SAC updates, waiting to be done with the other members' as one."""
+
+    agent: SAC
+    batches: Transition
+    noise: torch.Tensor  # `tom.stacked_sac.draw_noise`, from the member's random state
+    stats: torch.Tensor | None = None  # its statistics, once done
 
 
 class _Cancelled(BaseException):
@@ -68,11 +82,14 @@ class Population:
 
     def __init__(self, threads: bool | None = None) -> None:
         """``threads``: each member in a thread of its own (see above); None: exactly where
-        the members are on a GPU (there it must not be False)."""
+        the members are on a GPU, or stack their SAC updates (there it must not be False)."""
         self.threads = threads
+        self.stack_sac = False
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
         self._failure: BaseException | None = None
+        self._stack: StackedSAC | None = None
+        self._stack_stream: Any = None  # torch.cuda.Stream of the stacked updates on a GPU
 
     def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
         """Add the trainer ``build()`` returns (`Trainer(cfg)`, which seeds the global
@@ -93,17 +110,28 @@ class Population:
 
         The caller's global random state is restored afterwards."""
         on_gpu = any(member.stream is not None for member in self.members)
+        stacking = {member.trainer.cfg.stack_sac for member in self.members}
+        if len(stacking) > 1:
+            raise ValueError("members with stack_sac true and false are not allowed together: "
+                             "their SAC updates are stacked for all members or for none")
+        self.stack_sac = stacking == {True}
+        if self.stack_sac and self.threads is False:
+            raise ValueError("Population(threads=False) is not allowed with stack_sac: members "
+                             "wait for each other's SAC blocks in threads of their own; leave "
+                             "threads at None or True")
         if self.threads is False and on_gpu:
             raise ValueError(
                 "Population(threads=False) is not allowed with members on a GPU: only members "
                 "in threads are checked there against their single runs (tests/test_cuda.py), "
                 "and in one thread they would overlap less; leave threads at None or True")
-        threads = on_gpu if self.threads is None else self.threads
+        threads = on_gpu or self.stack_sac if self.threads is None else self.threads
+        if self.stack_sac and on_gpu:
+            self._stack_stream = torch.cuda.Stream(self.members[0].trainer.device)
         outer = rng_state()
         outer_cuda = {gen: gen.graphsafe_get_state() for gen in
                       {_cuda_generator(m.trainer.device) for m in self.members
                        if m.cuda_rng is not None}}
-        self._active, self._failure = list(self.members), None
+        self._active, self._failure, self._stack = list(self.members), None, None
         try:
             if threads:
                 self._run_in_threads()
@@ -215,6 +243,50 @@ class Population:
             self._active[i % len(self._active)].go.release()
 
 
+    # -- the members' SAC blocks as one (stack_sac) ---------------------------------------------
+
+    def _sac_block(self, member: _Member, agent: SAC, batches: Transition) -> UpdateStats:
+        """``member``'s block of SAC updates: its own, or with stack_sac, done together with
+        the other active members' next blocks (by whichever member asks last), passing the
+        turn until then."""
+        if not self.stack_sac:
+            return agent.update_block(batches)
+        request = member.request = _SACRequest(agent, batches, draw_noise(batches))
+        while request.stats is None:
+            if all(m.request is not None for m in self._active):
+                self._run_stacked()
+            else:
+                self._pass_turn(member)
+        return UpdateStats(request.stats)
+
+    def _run_stacked(self) -> None:
+        """Every active member's waiting SAC block, as one stacked block."""
+        members = list(self._active)
+        requests = [m.request for m in members]
+        for m in members:
+            m.request = None
+        agents = [r.agent for r in requests]
+        if self._stack is None or self._stack.agents != agents:  # a member has left
+            self._stack = StackedSAC(agents, cuda_graph=members[0].trainer.cfg.cuda_graph)
+        inputs = [(r.batches, r.noise) for r in requests]
+        stream = self._stack_stream
+        if stream is None:
+            stats = self._stack.update_block(*map(list, zip(*inputs, strict=True)))
+        else:  # on its own stream, after what the members queued and before what they queue
+            for m in members:
+                stream.wait_stream(m.stream)
+            with torch.cuda.stream(stream):
+                stats = self._stack.update_block(*map(list, zip(*inputs, strict=True)))
+            for batches, noise in inputs:  # read on that stream: not reused before it ran
+                for tensor in (*batches, noise):
+                    tensor.record_stream(stream)
+            for m in members:
+                m.stream.wait_stream(stream)
+                stats.record_stream(m.stream)
+        for request, row in zip(requests, stats, strict=True):
+            request.stats = row
+
+
 def _cuda_generator(device: torch.device) -> torch.Generator:
     return torch.cuda.default_generators[device.index if device.index is not None
                                          else torch.cuda.current_device()]
@@ -249,3 +321,6 @@ class _Turns:
 
     def pass_turn(self) -> None:
         self.population._pass_turn(self.member)
+
+    def sac_block(self, agent: SAC, batches: Transition) -> UpdateStats:
+        return self.population._sac_block(self.member, agent, batches)

@@ -23,8 +23,12 @@ the refits overlap is expected, not yet measured.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from tom.buffer import Transition
+    from tom.sac import SAC
 
 T = TypeVar("T")
 
@@ -37,6 +41,8 @@ class Turns(Protocol):
 
     def pass_turn(self) -> None: ...
 
+    def sac_block(self, agent: SAC, batches: Transition) -> Mapping[str, float]: ...
+
 
 _thread = threading.local()
 
@@ -47,6 +53,13 @@ def pass_turn() -> None:
     turns: Turns | None = getattr(_thread, "turns", None)
     if turns is not None:
         turns.pass_turn()
+
+
+def sac_block(agent: SAC, batches: Transition) -> Mapping[str, float]:
+    """``agent.update_block(batches)``; in a population that stacks its runs' SAC updates
+    (`tom.stacked_sac`), done with the other runs' blocks as one."""
+    turns: Turns | None = getattr(_thread, "turns", None)
+    return agent.update_block(batches) if turns is None else turns.sac_block(agent, batches)
 
 
 def register(turns: Turns | None) -> None:
