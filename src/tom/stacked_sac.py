@@ -8,12 +8,14 @@ chip idle, and ten members' kernels launched on their own streams ran at most 3.
 On a CPU the matmuls are compute-bound and stacking saves nothing (RESULTS.md, second
 session); there it is only for the tests.
 
-The members stay the `SAC` agents they are: their parameters, Adam moments and step counts
-are copied into the stack before a block of updates and back after it, so that everything
-else a run does with its agent (acting, rollouts, checkpoints, a run's own updates where its
-minibatches differ in shape) sees the agent it would see in a single run. The copies cost two
-reads and writes of each member's SAC state per block (about 3 MB per member at the paper's
-sizes), against five updates of a few hundred kernels each.
+Each network of all members is one flat tensor (the layers are views of it), so that a
+gradient, an Adam step and the Polyak average are each a few operations for all members and
+layers, not a few per layer. The members stay the `SAC` agents they are: their parameters,
+Adam moments and step counts are copied into the stack before a block of updates and back
+after it, so that everything else a run does with its agent (acting, rollouts, checkpoints,
+a run's own updates where its minibatches differ in shape) sees the agent it would see in a
+single run. The copies cost a read and a write of each member's SAC state per block (about
+3 MB per member at the paper's sizes), against a block's 20 updates.
 
 What a member computes: the same updates as `SAC.update_block` (critics, actor, temperature,
 Polyak targets; Adam with each member's own step count), from the same minibatches and the
@@ -27,11 +29,12 @@ then drift from their single runs as any rounding change makes RL runs drift.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from tom.buffer import Transition
 from tom.cuda_graph import GraphedStep
@@ -39,12 +42,9 @@ from tom.sac import (
     LOG_STD_MAX,
     LOG_STD_MIN,
     SAC,
-    StackedLinear,
     soft_q_target,
     tanh_normal_log_prob,
 )
-
-Split = Callable[[Tensor], list[Tensor]]  # a stacked tensor -> views shaped as members' tensors
 
 
 def draw_noise(batches: Transition) -> Tensor:
@@ -57,48 +57,91 @@ def draw_noise(batches: Transition) -> Tensor:
     return torch.stack(draws).view(updates, 2, rows, act_dim)
 
 
-class _Slot:
-    """A stacked tensor and the members' tensors it holds: ``split(stacked)[i]`` is a view
-    shaped as member i's."""
+class _Flat:
+    """The tensors of one network (or the temperature) of every member in one flat tensor
+    [rows, n]: a row per member, or two per member for the twin critics (member i's are rows
+    2i and 2i + 1). The layers are views of it, so that the gradient, each Adam operation and
+    the Polyak average are one operation on one tensor rather than one per layer.
 
-    def __init__(self, stacked: Tensor, split: Split, members: list[Tensor]) -> None:
-        self.stacked, self.split, self.members = stacked, split, members
-        self.views = split(stacked)
+    ``members[k][i]`` is member i's k-th tensor (a parameter, in the order its module lists
+    them); with ``transposed``, an ``nn.Linear`` weight [out, in] is kept as [in, out], as a
+    batched matmul takes it. Adam's moments have the same layout (`member_views` of them)."""
+
+    def __init__(self, members: list[list[Tensor]], rows_per_member: int,
+                 transposed: bool = False) -> None:
+        self.members, self.rows_per_member, self.transposed = members, rows_per_member, transposed
+        self.rows = len(members[0]) * rows_per_member
+        self.row_shapes = []  # what one row holds of each tensor
+        for tensors in members:
+            shape = (tensors[0].T if transposed and tensors[0].dim() == 2 else tensors[0]).shape
+            self.row_shapes.append(tuple(shape[1:] if rows_per_member > 1 else shape))
+        sizes = [math.prod(shape) for shape in self.row_shapes]
+        self.bounds = list(zip(itertools.accumulate([0, *sizes[:-1]]),
+                               itertools.accumulate(sizes), strict=True))
+        self.flat = torch.zeros(self.rows, sum(sizes), device=members[0][0].device)
+
+    def stacked(self, flat: Tensor) -> list[Tensor]:
+        """Each tensor of every member, as a view of ``flat``: [rows, *row shape]."""
+        return [flat[:, a:b].view(self.rows, *shape)
+                for (a, b), shape in zip(self.bounds, self.row_shapes, strict=True)]
+
+    def member_views(self, flat: Tensor) -> list[list[Tensor]]:
+        """``[k][i]``: member i's k-th tensor as a view of ``flat``, shaped as the member's."""
+        out = []
+        for view, tensors in zip(self.stacked(flat), self.members, strict=True):
+            rows = view.view(len(tensors), self.rows_per_member, *view.shape[1:])
+            per_member = []
+            for member_rows, tensor in zip(rows.unbind(0), tensors, strict=True):
+                v = member_rows if self.rows_per_member > 1 else member_rows[0]
+                v = v.T if self.transposed and tensor.dim() == 2 else v.reshape(tensor.shape)
+                per_member.append(v)
+            out.append(per_member)
+        return out
+
+
+class _Copies:
+    """Pairs of (stack view, member tensor) copied into the stack before a block and back
+    after it."""
+
+    def __init__(self) -> None:
+        self.stack: list[Tensor] = []
+        self.members: list[Tensor] = []
+
+    def add(self, views: list[list[Tensor]], members: list[list[Tensor]]) -> None:
+        for vs, ms in zip(views, members, strict=True):
+            self.stack += vs
+            self.members += ms
 
     @torch.no_grad()
     def load(self) -> None:
-        torch._foreach_copy_(self.views, self.members)
+        torch._foreach_copy_(self.stack, self.members)
 
     @torch.no_grad()
     def store(self) -> None:
-        torch._foreach_copy_(self.members, self.views)
+        torch._foreach_copy_(self.members, self.stack)
 
 
 class _Adam:
-    """torch.optim.Adam's algorithm (no weight decay) over stacked tensors, with one step count
-    per member, as each member's optimiser keeps its own."""
+    """torch.optim.Adam's algorithm (no weight decay) over a `_Flat`, with one step count per
+    member, as each member's optimiser keeps its own."""
 
-    def __init__(self, params: list[Tensor], rows_per_member: list[int], members: int,
-                 lr: float, betas: tuple[float, float], eps: float) -> None:
-        self.params, self.rows = params, rows_per_member
-        self.exp_avg = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self.step = torch.zeros(members, device=params[0].device)
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+    def __init__(self, flat: _Flat, members: int, group: dict) -> None:
+        self.param, self.rows_per_member = flat.flat, flat.rows_per_member
+        self.exp_avg = torch.zeros_like(self.param)
+        self.exp_avg_sq = torch.zeros_like(self.param)
+        self.step = torch.zeros(members, device=self.param.device)
+        self.lr, (self.beta1, self.beta2), self.eps = group["lr"], group["betas"], group["eps"]
 
     @torch.no_grad()
-    def update(self, grads: Iterable[Tensor]) -> None:
+    def update(self, grad: Tensor) -> None:
         self.step += 1
-        step_size = self.lr / (1 - self.beta1 ** self.step)  # [P]
-        correction2_sqrt = (1 - self.beta2 ** self.step).sqrt()
-        for p, g, m, v, rows in zip(self.params, grads, self.exp_avg, self.exp_avg_sq,
-                                    self.rows, strict=True):
-            shape = (-1,) + (1,) * (p.dim() - 1)  # member rows first
-            m.lerp_(g, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v.sqrt() / correction2_sqrt.repeat_interleave(rows).view(shape)
-                     ).add_(self.eps)
-            p.addcdiv_(m * step_size.repeat_interleave(rows).view(shape), denom, value=-1)
+        step = self.step.repeat_interleave(self.rows_per_member)[:, None]  # [rows, 1]
+        step_size = self.lr / (1 - self.beta1 ** step)
+        correction2_sqrt = (1 - self.beta2 ** step).sqrt()
+        self.exp_avg.lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        denom = (self.exp_avg_sq.sqrt() / correction2_sqrt).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg * step_size, denom, value=-1)
 
 
 class StackedSAC:
@@ -115,55 +158,50 @@ class StackedSAC:
                                  f"{first.device}")
         self.agents, self.cfg, self.members = agents, first.cfg, len(agents)
         self.target_entropy = first.target_entropy
-        n = len(agents)
-        self.actor = [_stack(layer, n, _linear_weight, _linear_bias)
-                      for layer in zip(*(_layers(a.actor, nn.Linear) for a in agents), strict=True)]
-        self.critic = [_stack(layer, n, _twin, _twin)
-                       for layer in zip(*(_layers(a.critic, StackedLinear) for a in agents),
-                                          strict=True)]
-        self.target = [_stack(layer, n, _twin, _twin)
-                       for layer in zip(*(_layers(a.critic_target, StackedLinear)
-                                          for a in agents), strict=True)]
-        self.log_alpha = _Slot(torch.empty(n, device=first.device),
-                               lambda t: list(t.unbind(0)), [a.log_alpha for a in agents])
-        self._slots = [s for pair in self.actor + self.critic + self.target for s in pair]
-        self._slots.append(self.log_alpha)
-        self._steps: list[tuple[_Slot, list[list[Tensor]]]] = []
+
+        actor = [list(ps) for ps in zip(*(a.actor.parameters() for a in agents), strict=True)]
+        critic = [list(ps) for ps in zip(*(a.critic.parameters() for a in agents), strict=True)]
+        target = [list(ps) for ps in zip(*(a.critic_target.parameters() for a in agents),
+                                         strict=True)]
+        alpha = [[a.log_alpha for a in agents]]
+        self._actor = _Flat(actor, 1, transposed=True)
+        self._critic = _Flat(critic, 2)
+        self._target = _Flat(target, 2)
+        self._alpha = _Flat(alpha, 1)
+        self._copies = _Copies()
+        self._step_copies: list[tuple[list[Tensor], list[Tensor]]] = []
         self._adams: dict[str, _Adam] = {}
-        for name, slots, optimiser in (
-                ("actor", [s for pair in self.actor for s in pair], lambda a: a.actor_opt),
-                ("critic", [s for pair in self.critic for s in pair], lambda a: a.critic_opt),
-                ("alpha", [self.log_alpha], lambda a: a.alpha_opt)):
-            self._adams[name] = self._adam(name, slots, [optimiser(a) for a in agents])
-        self._params = {"actor": [s.stacked for pair in self.actor for s in pair],
-                        "critic": [s.stacked for pair in self.critic for s in pair]}
-        for param in [*self._params["actor"], *self._params["critic"], self.log_alpha.stacked]:
-            param.requires_grad_(True)
+        for name, flat, optimisers in (
+                ("actor", self._actor, [a.actor_opt for a in agents]),
+                ("critic", self._critic, [a.critic_opt for a in agents]),
+                ("alpha", self._alpha, [a.alpha_opt for a in agents])):
+            self._copies.add(flat.member_views(flat.flat), flat.members)
+            self._adams[name] = self._adam(name, flat, optimisers)
+            flat.flat.requires_grad_(True)
+        self._copies.add(self._target.member_views(self._target.flat), self._target.members)
         self._block = GraphedStep(self._update_block, warmup=1, enabled=cuda_graph)
 
-    def _adam(self, name: str, slots: list[_Slot],
-              optimisers: list[torch.optim.Optimizer]) -> _Adam:
-        """The stacked Adam of the ``slots``' parameters, its moments and step counts slotted
-        to the members' optimisers' state (created as their first step would create it)."""
+    def _adam(self, name: str, flat: _Flat, optimisers: list[torch.optim.Optimizer]) -> _Adam:
+        """The stacked Adam of ``flat``, its moments and step counts copied from and to the
+        members' optimisers' state (created as their first step would create it)."""
         group = optimisers[0].param_groups[0]
         if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
             raise ValueError(f"StackedSAC implements plain Adam; the {name} optimiser has "
                              f"weight_decay={group['weight_decay']}, amsgrad="
                              f"{group['amsgrad']}, maximize={group['maximize']}")
-        adam = _Adam([s.stacked for s in slots], [len(s.stacked) // self.members for s in slots],
-                     self.members, group["lr"], group["betas"], group["eps"])
-        states = [[_adam_state(opt, p) for opt, p in zip(optimisers, slot.members, strict=True)]
-                  for slot in slots]
-        for slot, moments, avg, avg_sq in zip(slots, states, adam.exp_avg, adam.exp_avg_sq,
-                                              strict=True):
-            for stacked, key in ((avg, "exp_avg"), (avg_sq, "exp_avg_sq")):
-                self._slots.append(_Slot(stacked, slot.split, [state[key] for state in moments]))
-        # A member's optimiser counts steps per parameter, all equal: loaded from the first,
-        # stored to each.
-        step = _Slot(adam.step, lambda t: list(t.unbind(0)),
-                     [state["step"] for state in states[0]])
-        self._steps.append((step, [[state["step"] for state in per_slot]
-                                   for per_slot in states]))
+        adam = _Adam(flat, self.members, group)
+        states = [[_adam_state(opt, p) for opt, p in zip(optimisers, tensors, strict=True)]
+                  for tensors in flat.members]
+        for moment, key in ((adam.exp_avg, "exp_avg"), (adam.exp_avg_sq, "exp_avg_sq")):
+            self._copies.add(flat.member_views(moment),
+                             [[state[key] for state in per_tensor] for per_tensor in states])
+        # A member's optimiser counts steps per parameter, all equal: copied from its first
+        # parameter's, and back to each.
+        steps = list(adam.step.unbind(0))
+        self._copies.stack += steps
+        self._copies.members += [state["step"] for state in states[0]]
+        for per_tensor in states[1:]:
+            self._step_copies.append((steps, [state["step"] for state in per_tensor]))
         return adam
 
     # -- the block ---------------------------------------------------------------------------
@@ -179,16 +217,12 @@ class StackedSAC:
                              f"({self.members}); got {len(batches)} blocks and "
                              f"{len(noise)} noise tensors, of shapes {sorted(shapes)}")
         stacked = [torch.stack(parts) for parts in zip(*batches, strict=True)]
-        for slot in self._slots:
-            slot.load()
-        for step, _ in self._steps:
-            step.load()
+        self._copies.load()
         stats = self._block(*stacked, torch.stack(noise))
-        for slot in self._slots:
-            slot.store()
-        for step, per_param in self._steps:
-            for members in per_param:
-                torch._foreach_copy_(members, step.views)
+        self._copies.store()
+        with torch.no_grad():
+            for steps, members in self._step_copies:
+                torch._foreach_copy_(members, steps)
         for agent in self.agents:
             agent.num_updates += len(batches[0].obs)
         return stats
@@ -205,93 +239,69 @@ class StackedSAC:
                 done: Tensor, noise: Tensor) -> Tensor:
         """One update of every member, `SAC._update`'s steps in its order: [P, row, ...]
         minibatches, noise [P, 2, row, act_dim]."""
-        log_alpha = self.log_alpha.stacked
+        log_alpha = self._alpha.flat[:, 0]
         alpha = log_alpha.detach().exp()[:, None]  # before this update's temperature step
         with torch.no_grad():
             next_act, next_logp = self._sample(next_obs, noise[:, 0])
-            next_q = self._q(self.target, next_obs, next_act).min(dim=1).values
+            next_q = _q(self._target, self._target.flat, next_obs, next_act).min(dim=1).values
             target = soft_q_target(reward, done, next_q, next_logp, alpha, self.cfg.gamma)
-        q_loss = (self._q(self.critic, obs, act) - target[:, None]).pow(2).mean(dim=2).sum(1)
-        self._adams["critic"].update(torch.autograd.grad(q_loss.sum(), self._params["critic"]))
+        q = _q(self._critic, self._critic.flat, obs, act)
+        q_loss = (q - target[:, None]).pow(2).mean(dim=2).sum(dim=1)  # [P]
+        (grad,) = torch.autograd.grad(q_loss.sum(), [self._critic.flat])
+        self._adams["critic"].update(grad)
 
+        # The actor's step: the critics (just updated) without gradient for their weights.
         new_act, logp = self._sample(obs, noise[:, 1])
-        q_new = self._q(self.critic, obs, new_act, frozen=True).min(dim=1).values
+        q_new = _q(self._critic, self._critic.flat.detach(), obs, new_act).min(dim=1).values
         actor_loss = (alpha * logp - q_new).mean(dim=1)
-        self._adams["actor"].update(torch.autograd.grad(actor_loss.sum(), self._params["actor"]))
+        (grad,) = torch.autograd.grad(actor_loss.sum(), [self._actor.flat])
+        self._adams["actor"].update(grad)
 
         logp = logp.detach()
         if self.cfg.auto_entropy:
             alpha_loss = -(log_alpha[:, None] * (logp + self.target_entropy)).mean(dim=1)
-            self._adams["alpha"].update(torch.autograd.grad(alpha_loss.sum(), [log_alpha]))
+            (grad,) = torch.autograd.grad(alpha_loss.sum(), [self._alpha.flat])
+            self._adams["alpha"].update(grad)
 
-        with torch.no_grad():
-            for target_pair, pair in zip(self.target, self.critic, strict=True):
-                for target_slot, slot in zip(target_pair, pair, strict=True):
-                    target_slot.stacked.lerp_(slot.stacked, self.cfg.tau)
+        with torch.no_grad():  # the targets: one Polyak average for every member's critics
+            self._target.flat.lerp_(self._critic.flat, self.cfg.tau)
         return torch.stack([q_loss.detach(), actor_loss.detach(), log_alpha.detach().exp(),
                             -logp.mean(dim=1)], dim=1)
 
     def _sample(self, obs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """`SAC.sample` of every member with the given noise."""
         x = obs
-        for k, (weight, bias) in enumerate(self.actor):
-            x = torch.baddbmm(bias.stacked, x, weight.stacked)
-            if k < len(self.actor) - 1:
+        layers = _layers(self._actor, self._actor.flat)
+        for k, (weight, bias) in enumerate(layers):
+            x = torch.baddbmm(bias, x, weight)
+            if k < len(layers) - 1:
                 x = F.relu(x)
         mean, log_std = x.chunk(2, dim=-1)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         pre_tanh = mean + log_std.exp() * noise
         return pre_tanh.tanh(), tanh_normal_log_prob(pre_tanh, mean, log_std)
 
-    @staticmethod
-    def _q(layers: list[tuple[_Slot, _Slot]], obs: Tensor, act: Tensor,
-           frozen: bool = False) -> Tensor:
-        """Both critics of every member, [P, row, ·] -> [P, 2, row]; ``frozen``: no gradient
-        for their weights (the actor's step), as `SAC` freezes its critics there."""
-        x = torch.cat([obs, act], dim=-1)
-        members, rows = x.shape[:2]
-        x = x[:, None].expand(-1, 2, -1, -1).reshape(2 * members, rows, -1)
-        for k, (weight, bias) in enumerate(layers):
-            w, b = weight.stacked, bias.stacked
-            if frozen:
-                w, b = w.detach(), b.detach()
-            x = torch.baddbmm(b, x, w)
-            if k < len(layers) - 1:
-                x = F.relu(x)
-        return x.view(members, 2, rows)
+
+def _q(critics: _Flat, flat: Tensor, obs: Tensor, act: Tensor) -> Tensor:
+    """Both critics of every member, from their flat tensor ``flat`` (a critics' or targets'
+    `_Flat`, or it detached): [P, row, ·] -> [P, 2, row]."""
+    x = torch.cat([obs, act], dim=-1)
+    members, rows = x.shape[:2]
+    x = x[:, None].expand(-1, 2, -1, -1).reshape(2 * members, rows, -1)
+    layers = _layers(critics, flat)
+    for k, (weight, bias) in enumerate(layers):
+        x = torch.baddbmm(bias, x, weight)
+        if k < len(layers) - 1:
+            x = F.relu(x)
+    return x.view(members, 2, rows)
 
 
-def _layers(module: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, kind)]
-
-
-def _stack(layers: tuple[nn.Module, ...], members: int, weight: Callable[..., _Slot],
-           bias: Callable[..., _Slot]) -> tuple[_Slot, _Slot]:
-    """One layer of every member as a (weight, bias) pair of slots."""
-    return (weight([layer.weight for layer in layers], members),
-            bias([layer.bias for layer in layers], members))
-
-
-def _linear_weight(params: list[Tensor], members: int) -> _Slot:
-    """``nn.Linear`` weights [out, in] as [P, in, out] (kept transposed, as a batched matmul
-    takes them)."""
-    out_dim, in_dim = params[0].shape
-    return _Slot(torch.empty(members, in_dim, out_dim, device=params[0].device),
-                 lambda t: [v.T for v in t.unbind(0)], params)
-
-
-def _linear_bias(params: list[Tensor], members: int) -> _Slot:
-    """``nn.Linear`` biases [out] as [P, 1, out]."""
-    return _Slot(torch.empty(members, 1, params[0].shape[0], device=params[0].device),
-                 lambda t: [v[0] for v in t.unbind(0)], params)
-
-
-def _twin(params: list[Tensor], members: int) -> _Slot:
-    """Twin-critic weights [2, in, out] (or biases [2, 1, out]) as [2P, in, out]: member i's
-    critics are rows 2i and 2i + 1."""
-    shape = params[0].shape
-    return _Slot(torch.empty(members * shape[0], *shape[1:], device=params[0].device),
-                 lambda t: list(t.view(members, *shape).unbind(0)), params)
+def _layers(network: _Flat, flat: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """A network's (weight [rows, in, out], bias [rows, 1, out]) per layer, as views of
+    ``flat``; made anew for each use, so that each autograd graph has views of its own."""
+    views = network.stacked(flat)
+    return [(weight, bias if bias.dim() == 3 else bias[:, None])
+            for weight, bias in zip(views[::2], views[1::2], strict=True)]
 
 
 def _adam_state(optimiser: torch.optim.Optimizer, param: Tensor) -> dict[str, Tensor]:
