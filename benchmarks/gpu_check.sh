@@ -14,10 +14,11 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with the runs' SAC updates stacked into one (part stacked:
-#      stack_sac=true, tom.stacked_sac; and stacked_sac.py, a block alone), with a turn per whole inner loop instead of every
-#      10 steps (part seeds_loopturns, --steps-per-turn 0), with 32 hardware queues for
-#      streams (part seeds_connections), 20 real steps around a refit under torch.profiler
+#      then the same with the runs' SAC updates and dual steps stacked into one (part
+#      stacked: stack_seeds=true; and stacked.py, a block and a dual training alone), with
+#      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
+#      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
+#      20 real steps around a refit under torch.profiler
 #      (part timeline: the GPU's overlap, the host's waits and launches; gpu_timeline.py),
 #      and with cuda_graph_steps=10 (part seeds_steps);
 #   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
@@ -101,17 +102,17 @@ part population 90 python3 benchmarks/population.py --device cuda --members 1 2 
     --repeats 5
 part population_graph 90 python3 benchmarks/population.py --device cuda --graph \
     --members 1 2 5 10 20 --repeats 5
-part stacked_sac 120 python3 benchmarks/stacked_sac.py --device cuda --members 1 2 5 10 \
+part stacked_work 150 python3 benchmarks/stacked.py --device cuda --members 1 2 5 10 \
     --repeats 5
 for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
 done
-for size in $POPULATIONS; do  # the same with the runs' SAC updates as one (tom.stacked_sac)
+for size in $POPULATIONS; do  # the same with the runs' SAC updates and dual steps as one
     part "stacked_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
-        --set stack_sac=true --csv "$OUT/bench.csv"
+        --set stack_seeds=true --csv "$OUT/bench.csv"
 done
 for size in $POPULATIONS; do  # the same with a turn per whole inner loop (before in_turns)
     part "seeds_loopturns_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \

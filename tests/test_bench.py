@@ -94,7 +94,7 @@ def test_steps_per_turn_holds_for_the_measurement_only(monkeypatch):
 
 
 def test_bench_of_stacked_sac_updates_runs_them_stacked(monkeypatch):
-    """``stack_sac=true``: also one run goes through the stack (a population of one), so that
+    """``stack_seeds=true``: also one run goes through the stack (a population of one), so that
     its throughput can be compared with the plain updates'."""
     from tom.stacked_sac import StackedSAC
 
@@ -102,7 +102,7 @@ def test_bench_of_stacked_sac_updates_runs_them_stacked(monkeypatch):
     monkeypatch.setattr(StackedSAC, "update_block",
                         lambda self, b, n: members.append(len(b)) or original(self, b, n))
     row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
-                             preset="smoke", overrides=["stack_sac=true"])
-    assert row["stack_sac"] is True and row["population"] == 1
+                             preset="smoke", overrides=["stack_seeds=true"])
+    assert row["stack_seeds"] is True and row["population"] == 1
     assert members and set(members) == {1}
     assert "SAC updates stacked" in format_row(row)

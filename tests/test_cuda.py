@@ -321,7 +321,7 @@ def test_stacked_sac_on_cuda_matches_each_members_own_blocks(cuda_graph):
 
 @cuda
 def test_stacked_seeds_on_cuda_are_reproducible():
-    """Seeds in threads and streams with ``stack_sac`` and graphs: the stacked block runs on
+    """Seeds in threads and streams with ``stack_seeds`` and graphs: the stacked block runs on
     the population's own stream, between the members' work. Run twice, every member's
     returns are the same: a race between streams would make them differ."""
     from tom.population import Population
@@ -332,9 +332,49 @@ def test_stacked_seeds_on_cuda_are_reproducible():
         for seed in range(3):
             population.add(lambda seed=seed: Trainer(resolve(
                 "hopper", "tom", seed=seed, preset="smoke", device="cuda",
-                overrides=["stack_sac=true"])))
+                overrides=["stack_seeds=true"])))
         results = population.run()
         returns.append([[row["return_mean"] for row in r.metrics] for r in results])
         assert all(math.isfinite(x) for r in returns[-1] for x in r)
     assert returns[0] == returns[1]
     assert returns[0][0] != returns[0][1]
+
+
+@cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_stacked_dual_on_cuda_matches_each_members_own_training(cuda_graph):
+    """`tom.stacked_dual` on the GPU, eager and with a graph per step: three members' dual
+    trainings as one land within rounding of each member's own eager training from the same
+    random state."""
+    import copy
+
+    from tom.objectives.tom import TOMObjective, draw_dual_work
+    from tom.stacked_dual import StackedDual
+
+    cfg = resolve("hopper", "tom", preset="smoke", device="cuda", overrides=[
+        "cuda_graph=false", "tom.dual_steps=8"])
+    buf = ReplayBuffer(500, OBS_DIM, ACT_DIM, "cuda")
+    for batch in _batches([100] * 5):
+        buf.add_batch(batch)
+        buf.add_initial_state(batch.obs[0])
+    rho = torch.randn(len(buf), device="cuda")
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append((TOMObjective(cfg, OBS_DIM, ACT_DIM),
+                        SAC(OBS_DIM, ACT_DIM, cfg.sac, "cuda")))
+    stacked = copy.deepcopy(members)
+    losses, work = [], []
+    for seed, (objective, agent) in enumerate(members):
+        torch.manual_seed(10 + seed)
+        losses.append(objective._train_dual_alone(buf, agent, rho))
+    for seed, (objective, _) in enumerate(stacked):
+        torch.manual_seed(10 + seed)
+        work.append(draw_dual_work(buf, rho, objective.tom, ACT_DIM))
+    stack = StackedDual([m[0] for m in stacked], [m[1] for m in stacked],
+                        cuda_graph=cuda_graph)
+    got = stack.train(work)
+    torch.testing.assert_close(got, torch.stack(losses), rtol=1e-4, atol=1e-5)
+    for (own, _), (mine, _) in zip(members, stacked, strict=True):
+        for p, q in zip(own.q.parameters(), mine.q.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)

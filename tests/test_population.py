@@ -4,6 +4,8 @@ exactly (on a CPU), and a member that stops leaves the others running."""
 from __future__ import annotations
 
 import _thread
+import contextlib
+import dataclasses
 import inspect
 import json
 import signal
@@ -15,12 +17,15 @@ import pandas as pd
 import pytest
 import torch
 
+import tom.population as population_module
+from tom.buffer import Transition
 from tom.cli import main
 from tom.config import resolve
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
 from tom.outputs import RUN_FILES
 from tom.population import Population
+from tom.sac import UpdateStats
 
 TIMING = ("time_", "wall_time", "sps")
 
@@ -117,11 +122,11 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     population.run()
     assert {where for _, where in passes} == {
         "_member_thread", "_sac_block", "fit", "train_discriminator", "_shaping_reward",
-        "_train_dual"}
+        "_train_dual_alone"}
     for member in (0, 1):  # per refit: one pass after the discriminator, 1 inside it, 3 dual
         count = [where for who, where in passes if who == member].count
         assert count("train_discriminator") == count("_shaping_reward") > 0
-        assert count("_train_dual") == 3 * count("_shaping_reward")
+        assert count("_train_dual_alone") == 3 * count("_shaping_reward")
     members = [who for who, _ in passes]
     # Both run to the same end, so they alternate throughout: 0, 1, 0, 1, ...
     assert members == [i % 2 for i in range(len(members))]
@@ -262,9 +267,9 @@ def test_train_seeds_rejects_bad_input_before_any_compute(tmp_path, capsys):
     assert not out.exists() and not any(tmp_path.iterdir())
 
 
-# -- stacked SAC updates (stack_sac) ----------------------------------------------------------
+# -- stacked SAC updates (stack_seeds) ----------------------------------------------------------
 
-STACKED = ("stack_sac=true",)
+STACKED = ("stack_seeds=true",)
 
 
 def _assert_same_rows(result: TrainResult, single: TrainResult) -> None:
@@ -274,42 +279,71 @@ def _assert_same_rows(result: TrainResult, single: TrainResult) -> None:
 
 
 class _EachOnItsOwn:
-    """A stand-in for `StackedSAC` that does each member's block with the member's own agent,
-    feeding it the noise the member drew: members must then equal their single runs exactly,
-    which checks what the population does around the stack (who waits for whom, whose random
-    state draws the noise, whose statistics go where)."""
+    """Stand-ins for the stacked work (`tom.population._STACKED`) that do each member's part
+    with the member's own agent or objective, fed the noise and minibatches the member drew:
+    members must then equal their single runs exactly, which checks what the population does
+    around the stacks (who waits for whom, whose random state draws, whose results go where).
+    ``calls`` records (kind, members) per stacked call."""
 
-    calls: list[int] = []
+    calls: list[tuple[str, int]] = []
 
-    def __init__(self, agents, cuda_graph=False):
-        self.agents = agents
+    @staticmethod
+    @contextlib.contextmanager
+    def feeding(noise):
+        """``torch.randn_like`` returning ``noise``'s tensors in order, and all of them."""
+        feed, original = iter(noise), torch.randn_like
+        torch.randn_like = lambda t: next(feed)
+        try:
+            yield
+        finally:
+            torch.randn_like = original
+        assert next(feed, None) is None
 
-    def update_block(self, batches, noise):
-        type(self).calls.append(len(self.agents))
+    @classmethod
+    def sac(cls, stack, parts):
+        cls.calls.append(("sac", len(parts)))
         stats = []
-        for agent, block, drawn in zip(self.agents, batches, noise, strict=True):
-            feed = iter(drawn.flatten(0, 1))
-            original = torch.randn_like
-            torch.randn_like = lambda t, feed=feed: next(feed)
-            try:
+        for agent, block, noise in parts:
+            with cls.feeding(noise.flatten(0, 1)):
                 stats.append(torch.tensor(list(agent.update_block(block).values())))
-            finally:
-                torch.randn_like = original
-            assert next(feed, None) is None  # the block used all its noise
-        return torch.stack(stats)
+        return [UpdateStats(row) for row in stats], []
+
+    @classmethod
+    def dual(cls, stack, parts):
+        cls.calls.append(("dual", len(parts)))
+        losses = []
+        for objective, agent, work in parts:
+            for u in range(len(work.rho)):
+                with cls.feeding([work.noise_a0[u], work.noise_next[u]]):
+                    loss = objective.dual_minibatch_loss(
+                        agent, Transition(*(t[u] for t in work.batch)), work.rho[u],
+                        work.s0[u])
+                objective.q_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                objective.q_opt.step()
+            losses.append(loss.detach())
+        return losses, []
+
+    @classmethod
+    def install(cls, monkeypatch) -> None:
+        cls.calls = []
+        for kind in ("sac", "dual"):
+            entry = population_module._STACKED[kind]
+            monkeypatch.setitem(population_module._STACKED, kind, dataclasses.replace(
+                entry, build=lambda parts, graph: None, run=getattr(cls, kind)))
 
 
 def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeypatch):
-    """With stack_sac, each round of SAC blocks is one call with every member's block; the
-    members' runs are their single runs, bit for bit, when that call does each block on its
-    own (the stacked arithmetic itself: tests/test_stacked_sac.py)."""
-    results, updates = {}, 0
+    """With stack_seeds, each round of SAC blocks and of TOM dual trainings is one call with
+    every member's part; the members' runs are their single runs, bit for bit, when that
+    call does each part on its own (the stacked arithmetic itself: tests/test_stacked_sac.py,
+    tests/test_stacked_dual.py)."""
+    results = {}
     for seed in (0, 1, 2):  # each built right before its run, which starts from its seed
         trainer = Trainer(_cfg(seed))
         results[seed] = (trainer.run(), _parameters(trainer))
-        updates = trainer.agent.num_updates
-    monkeypatch.setattr("tom.population.StackedSAC", _EachOnItsOwn)
-    _EachOnItsOwn.calls = []
+        updates, rounds = trainer.agent.num_updates, trainer.objective.rounds
+    _EachOnItsOwn.install(monkeypatch)
     population = Population()
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
                 for seed in (0, 1, 2)]
@@ -319,13 +353,14 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeyp
         for p, q in zip(single_params, _parameters(trainer), strict=True):
             assert torch.equal(p, q)
     blocks = updates // _cfg(0).schedule.update_block
-    assert _EachOnItsOwn.calls == [3] * blocks
+    calls = _EachOnItsOwn.calls
+    assert [n for kind, n in calls if kind == "sac"] == [3] * blocks
+    assert [n for kind, n in calls if kind == "dual"] == [3] * rounds and rounds > 0
 
 
 def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):
     single = {seed: Trainer(_cfg(seed)).run() for seed in (0, 2)}
-    monkeypatch.setattr("tom.population.StackedSAC", _EachOnItsOwn)
-    _EachOnItsOwn.calls = []
+    _EachOnItsOwn.install(monkeypatch)
     population = Population()
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
                 for seed in (0, 1, 2)]
@@ -342,7 +377,7 @@ def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):
     assert isinstance(results[1], NumericalFault)
     _assert_same_rows(results[0], single[0])
     _assert_same_rows(results[2], single[2])
-    calls = _EachOnItsOwn.calls
+    calls = [n for _, n in _EachOnItsOwn.calls]
     assert calls[0] == 3 and calls[-1] == 2 and calls == sorted(calls, reverse=True)
 
 
@@ -368,13 +403,13 @@ def test_stacked_members_train_with_the_stacked_updates():
     mixed = Population()
     for overrides in (STACKED, ()):
         mixed.add(lambda overrides=overrides: Trainer(_cfg(0, overrides=overrides)))
-    with pytest.raises(ValueError, match="stack_sac true and false are not allowed together"):
+    with pytest.raises(ValueError, match="stack_seeds true and false are not allowed together"):
         mixed.run()
 
 
 def test_train_seeds_with_stacked_sac_updates_writes_their_run_directories(tmp_path,
                                                                            monkeypatch):
-    """`--set stack_sac=true`: the seeds' SAC blocks go through one stack per round, and each
+    """`--set stack_seeds=true`: the seeds' SAC blocks go through one stack per round, and each
     seed writes the files of a run, its config recording the setting; one seed alone is a
     population of one."""
     from tom.stacked_sac import StackedSAC
@@ -382,12 +417,12 @@ def test_train_seeds_with_stacked_sac_updates_writes_their_run_directories(tmp_p
     members, original = [], StackedSAC.update_block
     monkeypatch.setattr(StackedSAC, "update_block",
                         lambda self, b, n: members.append(len(b)) or original(self, b, n))
-    assert _cli(tmp_path / "{seed}", "--seeds", "0", "1", "--set", "stack_sac=true") == 0
+    assert _cli(tmp_path / "{seed}", "--seeds", "0", "1", "--set", "stack_seeds=true") == 0
     assert members and set(members) == {2}
-    assert _cli(tmp_path / "alone", "--seed", "3", "--set", "stack_sac=true") == 0
+    assert _cli(tmp_path / "alone", "--seed", "3", "--set", "stack_seeds=true") == 0
     assert set(members) == {1, 2}
     for run in ("0", "1", "alone"):
         for name in RUN_FILES:
             assert (tmp_path / run / name).exists(), (run, name)
         config = json.loads((tmp_path / run / "config.json").read_text())["config"]
-        assert config["stack_sac"] is True
+        assert config["stack_seeds"] is True

@@ -101,7 +101,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     the device show in the calls that synchronise). On a GPU, ``gpu_busy_percent`` is its
     busy share over the timed steps (`GpuBusy`). ``steps_per_turn`` replaces
     `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn per whole inner loop).
-    With ``stack_sac=true`` among the overrides, the runs' SAC blocks are one (also for one
+    With ``stack_seeds=true`` among the overrides, the runs' SAC blocks are one (also for one
     run: a population of one, to compare with its plain updates)."""
     torch.set_num_threads(threads)
     if population < 1:
@@ -141,7 +141,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     busy = GpuBusy(trainers[0].device)
     start = time.perf_counter()
     try:
-        if population == 1 and not cfgs[0].stack_sac:
+        if population == 1 and not cfgs[0].stack_seeds:
             trainers[0].run()
         else:
             pop.run()
@@ -161,7 +161,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
         "first_fit_s": first_fit / population, "wall_s": wall,
         "gpu_busy_percent": busy.percent,
         "steps_per_turn": turns.STEPS_PER_TURN if steps_per_turn is None else steps_per_turn,
-        "stack_sac": cfgs[0].stack_sac,
+        "stack_seeds": cfgs[0].stack_seeds,
         **{f"time_{phase}": statistics.mean(t.times[phase] for t in trainers)
            for phase in PHASES},
     }
@@ -171,7 +171,7 @@ def format_row(row: dict[str, Any]) -> str:
     phases = ", ".join(f"{p} {row[f'time_{p}']:.1f}" for p in PHASES)
     runs = (f", {row['population']} runs in turns (per run:)" if row["population"] > 1
             else "")
-    if row.get("stack_sac"):
+    if row.get("stack_seeds"):
         runs += ", SAC updates stacked"
     return (f"{row['env']}/{row['objective']} {row['device']}"
             f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "

@@ -51,10 +51,10 @@ def _train(args: argparse.Namespace) -> int:
     stop = StopRequest(args.grace).install()
     try:
         runs = [_TrainRun(cfg, out, args, stop) for cfg, out in zip(cfgs, outs, strict=True)]
-        if len(runs) == 1 and not cfgs[0].stack_sac:
+        if len(runs) == 1 and not cfgs[0].stack_seeds:
             runs[0].build()
             outcomes = [runs[0].run()]
-        else:  # one process, the seeds in turns (tom.population); stack_sac: also one seed
+        else:  # one process, the seeds in turns (tom.population); stack_seeds: also one seed
             population = Population()
             for run in runs:
                 population.add(run.build, **run.options(progress=False,

@@ -44,7 +44,8 @@ from tom.objectives import (
     weight_statistics,
 )
 from tom.sac import SAC
-from tom.turns import pass_turn, sac_block
+from tom.stacked_sac import draw_noise
+from tom.turns import pass_turn, together
 
 PHASES = ("env", "objective", "model", "rollout", "sac", "eval")
 
@@ -348,7 +349,9 @@ class Trainer:
             real = Transition(*(torch.cat(parts, 1) for parts in zip(real, model, strict=True)))
             model = None
         if model is None:  # the block's minibatches have one shape: one call (on a GPU, one graph)
-            self.sac_stats = sac_block(self.agent, real)
+            self.sac_stats = together(  # in a population that stacks its runs' work, as one
+                "sac", lambda: self.agent.update_block(real),
+                lambda: (self.agent, real, draw_noise(real)))
         else:
             k = 0
             for i in range(block):

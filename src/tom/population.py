@@ -42,12 +42,12 @@ from typing import Any
 import torch
 
 from tom import turns
-from tom.buffer import Transition
 from tom.checkpoint import rng_state, set_rng_state
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
-from tom.sac import SAC, UpdateStats
-from tom.stacked_sac import StackedSAC, draw_noise
+from tom.sac import UpdateStats
+from tom.stacked_dual import StackedDual
+from tom.stacked_sac import StackedSAC
 
 
 @dataclass
@@ -60,17 +60,19 @@ class _Member:
     steps: Any = None  # Trainer.run_steps, taking turns in the caller's thread
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     outcome: TrainResult | BaseException | None = None
-    request: _SACRequest | None = None  # its SAC block, waiting for the others' (stacked)
+    request: _Request | None = None  # its part of stacked work, waiting for the others'
 
 
 @dataclass
-class _SACRequest:
-    """A member's block of SAC updates, waiting to be done with the other members' as one."""
+class _Request:
+    """A member's part of work done with the other members' parts as one (stack_seeds)."""
 
-    agent: SAC
-    batches: Transition
-    noise: torch.Tensor  # `tom.stacked_sac.draw_noise`, from the member's random state
-    stats: torch.Tensor | None = None  # its statistics, once done
+    kind: str  # what `turns.together` was called with: "sac" or "dual"
+    part: tuple  # what the stacked work takes from this member
+    key: tuple  # parts of equal keys (kind and shapes) are done together
+    inputs: list[torch.Tensor]  # the tensors of the part, which the stacked work reads
+    result: Any = None
+    done: bool = False
 
 
 class _Cancelled(BaseException):
@@ -82,14 +84,14 @@ class Population:
 
     def __init__(self, threads: bool | None = None) -> None:
         """``threads``: each member in a thread of its own (see above); None: exactly where
-        the members are on a GPU, or stack their SAC updates (there it must not be False)."""
+        the members are on a GPU, or stack their work (there it must not be False)."""
         self.threads = threads
-        self.stack_sac = False
+        self.stack_seeds = False
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
         self._failure: BaseException | None = None
-        self._stack: StackedSAC | None = None
-        self._stack_stream: Any = None  # torch.cuda.Stream of the stacked updates on a GPU
+        self._stacks: dict[str, Any] = {}  # the last StackedSAC and StackedDual, for reuse
+        self._stack_stream: Any = None  # torch.cuda.Stream of the stacked work on a GPU
 
     def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
         """Add the trainer ``build()`` returns (`Trainer(cfg)`, which seeds the global
@@ -110,28 +112,28 @@ class Population:
 
         The caller's global random state is restored afterwards."""
         on_gpu = any(member.stream is not None for member in self.members)
-        stacking = {member.trainer.cfg.stack_sac for member in self.members}
+        stacking = {member.trainer.cfg.stack_seeds for member in self.members}
         if len(stacking) > 1:
-            raise ValueError("members with stack_sac true and false are not allowed together: "
-                             "their SAC updates are stacked for all members or for none")
-        self.stack_sac = stacking == {True}
-        if self.stack_sac and self.threads is False:
-            raise ValueError("Population(threads=False) is not allowed with stack_sac: members "
-                             "wait for each other's SAC blocks in threads of their own; leave "
-                             "threads at None or True")
+            raise ValueError("members with stack_seeds true and false are not allowed together: "
+                             "their work is stacked for all members or for none")
+        self.stack_seeds = stacking == {True}
+        if self.stack_seeds and self.threads is False:
+            raise ValueError("Population(threads=False) is not allowed with stack_seeds: "
+                             "members wait for each other's work in threads of their own; "
+                             "leave threads at None or True")
         if self.threads is False and on_gpu:
             raise ValueError(
                 "Population(threads=False) is not allowed with members on a GPU: only members "
                 "in threads are checked there against their single runs (tests/test_cuda.py), "
                 "and in one thread they would overlap less; leave threads at None or True")
-        threads = on_gpu or self.stack_sac if self.threads is None else self.threads
-        if self.stack_sac and on_gpu:
+        threads = on_gpu or self.stack_seeds if self.threads is None else self.threads
+        if self.stack_seeds and on_gpu:
             self._stack_stream = torch.cuda.Stream(self.members[0].trainer.device)
         outer = rng_state()
         outer_cuda = {gen: gen.graphsafe_get_state() for gen in
                       {_cuda_generator(m.trainer.device) for m in self.members
                        if m.cuda_rng is not None}}
-        self._active, self._failure, self._stack = list(self.members), None, None
+        self._active, self._failure, self._stacks = list(self.members), None, {}
         try:
             if threads:
                 self._run_in_threads()
@@ -243,48 +245,106 @@ class Population:
             self._active[i % len(self._active)].go.release()
 
 
-    # -- the members' SAC blocks as one (stack_sac) ---------------------------------------------
+    # -- the members' work as one (stack_seeds) -----------------------------------------------
 
-    def _sac_block(self, member: _Member, agent: SAC, batches: Transition) -> UpdateStats:
-        """``member``'s block of SAC updates: its own, or with stack_sac, done together with
-        the other active members' next blocks (by whichever member asks last), passing the
-        turn until then."""
-        if not self.stack_sac:
-            return agent.update_block(batches)
-        request = member.request = _SACRequest(agent, batches, draw_noise(batches))
-        while request.stats is None:
+    def _together(self, member: _Member, kind: str, alone: Callable[[], Any],
+                  part: Callable[[], tuple]) -> Any:
+        """`tom.turns.together` in ``member``'s thread: ``alone()``, or with stack_seeds,
+        ``member``'s ``part()`` (drawn in its random state) done together with the other
+        active members' next parts (by whichever member asks last), the turn passed until
+        then."""
+        if not self.stack_seeds:
+            return alone()
+        taken = part()
+        request = member.request = _Request(kind, taken, *_STACKED[kind].describe(taken))
+        while not request.done:
             if all(m.request is not None for m in self._active):
-                self._run_stacked()
+                self._run_waiting()
             else:
                 self._pass_turn(member)
-        return UpdateStats(request.stats)
+        return request.result
 
-    def _run_stacked(self) -> None:
-        """Every active member's waiting SAC block, as one stacked block."""
-        members = list(self._active)
-        requests = [m.request for m in members]
-        for m in members:
-            m.request = None
-        agents = [r.agent for r in requests]
-        if self._stack is None or self._stack.agents != agents:  # a member has left
-            self._stack = StackedSAC(agents, cuda_graph=members[0].trainer.cfg.cuda_graph)
-        inputs = [(r.batches, r.noise) for r in requests]
+    def _run_waiting(self) -> None:
+        """Every active member's waiting part, as one stacked piece of work per key."""
+        groups: dict[tuple, list[_Member]] = {}
+        for m in self._active:
+            groups.setdefault(m.request.key, []).append(m)
+        for members in groups.values():
+            requests = [m.request for m in members]
+            for m in members:
+                m.request = None
+            results = self._run_group(members, requests)
+            for request, result in zip(requests, results, strict=True):
+                request.result, request.done = result, True
+
+    def _run_group(self, members: list[_Member], requests: list[_Request]) -> list[Any]:
+        """One kind's stacked work for ``requests``; on a GPU on the population's own stream,
+        after what the members queued and before what they queue next."""
+        kind = _STACKED[requests[0].kind]
+        key = tuple(id(obj) for r in requests for obj in kind.owners(r.part))
+        cached = self._stacks.get(requests[0].kind)
+        if cached is None or cached[0] != key:  # new members' objects, or a member left
+            cached = key, kind.build([r.part for r in requests],
+                                     members[0].trainer.cfg.cuda_graph)
+            self._stacks[requests[0].kind] = cached
         stream = self._stack_stream
         if stream is None:
-            stats = self._stack.update_block(*map(list, zip(*inputs, strict=True)))
-        else:  # on its own stream, after what the members queued and before what they queue
-            for m in members:
-                stream.wait_stream(m.stream)
-            with torch.cuda.stream(stream):
-                stats = self._stack.update_block(*map(list, zip(*inputs, strict=True)))
-            for batches, noise in inputs:  # read on that stream: not reused before it ran
-                for tensor in (*batches, noise):
-                    tensor.record_stream(stream)
-            for m in members:
-                m.stream.wait_stream(stream)
-                stats.record_stream(m.stream)
-        for request, row in zip(requests, stats, strict=True):
-            request.stats = row
+            return kind.run(cached[1], [r.part for r in requests])[0]
+        for m in members:
+            stream.wait_stream(m.stream)
+        with torch.cuda.stream(stream):
+            results, outputs = kind.run(cached[1], [r.part for r in requests])
+        for request in requests:  # read on that stream: not reused before it ran
+            for tensor in request.inputs:
+                tensor.record_stream(stream)
+        for m in members:
+            m.stream.wait_stream(stream)
+            for tensor in outputs:
+                tensor.record_stream(m.stream)
+        return results
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """How one kind of work is stacked: its parts' key and tensors, the objects a stack is
+    built for, building it, and running it (per-member results, and the output tensors)."""
+
+    describe: Callable[[tuple], tuple[tuple, list[torch.Tensor]]]
+    owners: Callable[[tuple], tuple]
+    build: Callable[[list[tuple], bool], Any]
+    run: Callable[[Any, list[tuple]], tuple[list[Any], list[torch.Tensor]]]
+
+
+def _shapes(tensors: list[torch.Tensor]) -> tuple:
+    return tuple(tuple(t.shape) for t in tensors)
+
+
+def _run_sac(stack: StackedSAC, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
+    stats = stack.update_block([batches for _, batches, _ in parts],
+                               [noise for *_, noise in parts])
+    return [UpdateStats(row) for row in stats], [stats]
+
+
+def _run_dual(stack: StackedDual, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
+    losses = stack.train([work for *_, work in parts])
+    return list(losses), [losses]
+
+
+# "sac": (agent, batches, noise) (`tom.stacked_sac`); "dual": (objective, agent, work)
+# (`tom.stacked_dual`).
+_STACKED = {
+    "sac": _Stacked(
+        describe=lambda part: (("sac", _shapes([*part[1], part[2]])), [*part[1], part[2]]),
+        owners=lambda part: (part[0],),
+        build=lambda parts, graph: StackedSAC([p[0] for p in parts], cuda_graph=graph),
+        run=_run_sac),
+    "dual": _Stacked(
+        describe=lambda part: (("dual", _shapes(part[2].tensors())), part[2].tensors()),
+        owners=lambda part: part[:2],
+        build=lambda parts, graph: StackedDual([p[0] for p in parts], [p[1] for p in parts],
+                                               cuda_graph=graph),
+        run=_run_dual),
+}
 
 
 def _cuda_generator(device: torch.device) -> torch.Generator:
@@ -322,5 +382,5 @@ class _Turns:
     def pass_turn(self) -> None:
         self.population._pass_turn(self.member)
 
-    def sac_block(self, agent: SAC, batches: Transition) -> UpdateStats:
-        return self.population._sac_block(self.member, agent, batches)
+    def together(self, kind: str, alone: Callable[[], Any], part: Callable[[], tuple]) -> Any:
+        return self.population._together(self.member, kind, alone, part)

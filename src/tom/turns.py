@@ -23,12 +23,8 @@ the refits overlap is expected, not yet measured.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol, TypeVar
-
-if TYPE_CHECKING:
-    from tom.buffer import Transition
-    from tom.sac import SAC
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -41,7 +37,8 @@ class Turns(Protocol):
 
     def pass_turn(self) -> None: ...
 
-    def sac_block(self, agent: SAC, batches: Transition) -> Mapping[str, float]: ...
+    def together(self, kind: str, alone: Callable[[], Any], part: Callable[[], tuple]
+                 ) -> Any: ...
 
 
 _thread = threading.local()
@@ -55,11 +52,14 @@ def pass_turn() -> None:
         turns.pass_turn()
 
 
-def sac_block(agent: SAC, batches: Transition) -> Mapping[str, float]:
-    """``agent.update_block(batches)``; in a population that stacks its runs' SAC updates
-    (`tom.stacked_sac`), done with the other runs' blocks as one."""
+def together(kind: str, alone: Callable[[], T], part: Callable[[], tuple]) -> T:
+    """``alone()``; in a population whose runs stack their work (``stack_seeds``), this run's
+    ``part()`` done together with the other runs' parts of that ``kind`` as one, which gives
+    what ``alone()`` would (up to rounding): "sac", a block of SAC updates
+    (`tom.stacked_sac`); "dual", TOM's dual training (`tom.stacked_dual`). ``part`` is called
+    in this run's turn: it draws what the work needs from this run's random state."""
     turns: Turns | None = getattr(_thread, "turns", None)
-    return agent.update_block(batches) if turns is None else turns.sac_block(agent, batches)
+    return alone() if turns is None else turns.together(kind, alone, part)
 
 
 def register(turns: Turns | None) -> None:

@@ -30,6 +30,7 @@ sigmoid c instead (whose slope is at most ¼) forbids confident outputs and flat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ from tom.cuda_graph import GraphedLoop, GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import adam
 from tom.sac import mlp, xavier_init_
-from tom.turns import in_turns, pass_turn, pass_turn_every
+from tom.turns import in_turns, pass_turn, pass_turn_every, together
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
 # anyway, so the argument is capped well below (the cap never binds at a sane optimum).
@@ -240,6 +241,43 @@ def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
     return q(rows, act).view(samples, -1).mean(0)
 
 
+# -- the dual's random inputs drawn ahead, for runs stacked (tom.stacked_dual) ------------------
+
+
+@dataclass
+class DualWork:
+    """One member's dual steps' random inputs, drawn ahead: [step, ...] each."""
+
+    batch: Transition  # minibatches of the replay buffer, [step, row, ·]
+    rho: Tensor  # their shaping rewards, [step, row]
+    s0: Tensor  # initial states, [step, row, obs_dim]
+    noise_a0: Tensor  # the policy's noise for a0 ~ π(s0), [step, row, act_dim]
+    noise_next: Tensor  # for a′ ~ π(s′), next_action_samples per row, [step, k·row, act_dim]
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.batch, self.rho, self.s0, self.noise_a0, self.noise_next]
+
+
+def draw_dual_work(buf: ReplayBuffer, rho_all: Tensor, cfg: TOMConfig, act_dim: int
+                   ) -> DualWork:
+    """The random inputs of ``cfg.dual_steps`` dual steps (for `tom.stacked_dual`), drawn
+    from the global generators as `TOMObjective._train_dual_alone` draws them, step by step:
+    the minibatch's rows, the initial states' rows, a0's noise, then a′'s."""
+    rows, device = cfg.dual_batch, buf.device
+    states = buf.initial_states()
+    if len(states) == 0:
+        raise RuntimeError("no initial states recorded yet (call add_initial_state)")
+    idx, s0_idx, noise_a0, noise_next = [], [], [], []
+    for _ in range(cfg.dual_steps):
+        idx.append(torch.randint(len(buf), (rows,), device=device))
+        s0_idx.append(torch.randint(len(states), (rows,), device=device))
+        noise_a0.append(torch.randn(rows, act_dim, device=device))
+        noise_next.append(torch.randn(cfg.next_action_samples * rows, act_dim, device=device))
+    idx_all = torch.stack(idx)
+    return DualWork(buf.get(idx_all), rho_all[idx_all], states[torch.stack(s0_idx)],
+                    torch.stack(noise_a0), torch.stack(noise_next))
+
+
 # -- the objective ------------------------------------------------------------------------------
 
 
@@ -298,8 +336,18 @@ class TOMObjective(ReweightingObjective):
         return torch.cat([rho_fn(data.index(slice(lo, lo + chunk)), recent[lo:lo + chunk])
                           for lo in range(0, data.size, chunk)])
 
-    # Step 2: Adam steps on the dual, warm-started from the last round.
+    # Step 2: Adam steps on the dual, warm-started from the last round; in a population that
+    # stacks its runs' work (stack_seeds), with the other runs' as one (tom.stacked_dual).
     def _train_dual(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> dict[str, float]:
+        loss = together(
+            "dual", lambda: self._train_dual_alone(buf, agent, rho_all),
+            lambda: (self, agent, draw_dual_work(buf, rho_all, self.tom, self.act_dim)))
+        return {"dual_loss": loss.item()}
+
+    def _train_dual_alone(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> Tensor:
+        """The dual steps; the last one's loss. Each step draws, in this order: the
+        minibatch's rows, the initial states' rows, a0's noise, a′'s noise (what
+        `draw_dual_work` draws ahead)."""
         t = self.tom
         n = len(buf)
         step_loss = self._dual_step_loss or self.dual_minibatch_loss
@@ -318,8 +366,7 @@ class TOMObjective(ReweightingObjective):
         steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
         # In a population, passing the turn every few steps and at the end: the others' work
         # runs while these steps do.
-        loss = in_turns(steps, t.dual_steps, steps.per_graph)
-        return {"dual_loss": loss.item()}
+        return in_turns(steps, t.dual_steps, steps.per_graph)
 
     def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
         """The dual loss on one minibatch of R (with its ρ) and of initial states s0;

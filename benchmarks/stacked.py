@@ -1,0 +1,111 @@
+"""What stacking P seeds' work into one (``stack_seeds: true``) saves, at the paper's sizes: a
+block of SAC updates (`tom.stacked_sac`) and a TOM refit's dual training (`tom.stacked_dual`)
+of P members as one, against the members' own one after another (as seeds in turns do them).
+
+    python benchmarks/stacked.py --threads 2 --members 1 2 5 10 [--repeats 5] [--device cuda]
+        [--dual-steps 100]
+
+Both sides are what the training loop runs: `SAC.update_block` and
+`TOMObjective._train_dual_alone` of each member, against `StackedSAC.update_block` and
+`StackedDual.train` with each member's random inputs drawn as its run draws them
+(`draw_noise`, `draw_dual_work`; counted in the stacked time) and the members' states copied
+into the stack and back. On a GPU both sides replay CUDA graphs and are timed to the end of
+the GPU's work. Prints milliseconds per member per SAC update and per dual step, and the
+speed-up per member.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from throughput import median_time  # benchmarks/throughput.py, next to this script
+
+from tom.buffer import ReplayBuffer, Transition
+from tom.config import resolve
+from tom.envs import get_task
+from tom.objectives.tom import TOMObjective, draw_dual_work
+from tom.sac import SAC
+from tom.stacked_dual import StackedDual
+from tom.stacked_sac import StackedSAC, draw_noise
+
+
+def blocks(members: int, updates: int, rows: int, obs_dim: int, act_dim: int,
+           device: str) -> list[Transition]:
+    """One random block of minibatches ([update, row, ...]) per member."""
+    def block() -> Transition:
+        obs = torch.randn(updates, rows, obs_dim, device=device)
+        return Transition(obs, torch.rand(updates, rows, act_dim, device=device) * 2 - 1,
+                          torch.randn(updates, rows, device=device),
+                          obs + 0.1 * torch.randn_like(obs),
+                          (torch.rand(updates, rows, device=device) < 0.05).float())
+    return [block() for _ in range(members)]
+
+
+def replay_buffer(size: int, obs_dim: int, act_dim: int, device: str) -> ReplayBuffer:
+    """``size`` random transitions, an initial state every 1 000."""
+    buf = ReplayBuffer(size, obs_dim, act_dim, device)
+    data = blocks(1, 1, size, obs_dim, act_dim, device)[0]
+    buf.add_batch(Transition(*(t[0] for t in data)))
+    for obs in data.obs[0, ::1000]:
+        buf.add_initial_state(obs)
+    return buf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="hopper")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 5, 10])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dual-steps", type=int, default=100,
+                        help="dual steps per measured training (the paper preset's 1 000 "
+                        "take ten times as long)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    task = get_task(args.env)
+    cfg = resolve(args.env, "tom", preset="paper", device=args.device,
+                  overrides=[f"tom.dual_steps={args.dual_steps}"])
+    graph = args.device == "cuda"
+    o, a = task.obs_dim, task.act_dim
+    updates, rows = cfg.schedule.update_block, cfg.sac.batch_size
+    buf = replay_buffer(20_000, o, a, args.device)
+    rho = torch.randn(len(buf), device=args.device)
+    where = (torch.cuda.get_device_name() + ", CUDA graphs" if graph
+             else f"{args.threads} CPU thread(s)")
+    print(f"{args.env} at the paper preset, {where}, torch {torch.__version__}: blocks of "
+          f"{updates} SAC updates, {args.dual_steps} dual steps on a 20 000-transition "
+          f"buffer; ms per member per update or step (median of {args.repeats})")
+    for p in args.members:
+        agents = [SAC(o, a, cfg.sac, args.device, cuda_graph=graph) for _ in range(p)]
+        objectives = [TOMObjective(cfg, o, a) for _ in range(p)]
+        data = blocks(p, updates, rows, o, a, args.device)
+        stack_sac = StackedSAC(agents, cuda_graph=graph)
+        stack_dual = StackedDual(objectives, agents, cuda_graph=graph)
+
+        def own_sac(agents=agents, data=data) -> None:
+            for agent, block in zip(agents, data, strict=True):
+                agent.update_block(block)
+
+        def stacked_sac(stack=stack_sac, data=data) -> None:
+            stack.update_block(data, [draw_noise(block) for block in data])
+
+        def own_dual(agents=agents, objectives=objectives) -> None:
+            for agent, objective in zip(agents, objectives, strict=True):
+                objective._train_dual_alone(buf, agent, rho)
+
+        def stacked_dual(stack=stack_dual, objectives=objectives) -> None:
+            stack.train([draw_dual_work(buf, rho, cfg.tom, a) for _ in objectives])
+
+        times = [1e3 * median_time(fn, args.repeats, warmup=2) / (p * n) for fn, n in (
+            (own_sac, updates), (stacked_sac, updates), (own_dual, args.dual_steps),
+            (stacked_dual, args.dual_steps))]
+        print(f"  P = {p:2d}: SAC update own {times[0]:6.3f} ms, stacked {times[1]:6.3f} ms "
+              f"({times[0] / times[1]:4.2f}×); dual step own {times[2]:6.3f} ms, stacked "
+              f"{times[3]:6.3f} ms ({times[2] / times[3]:4.2f}×)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

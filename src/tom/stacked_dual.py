@@ -1,0 +1,102 @@
+"""TOM's dual training of several runs as one: a population axis for the dual Q.
+
+A TOM refit takes ``tom.dual_steps`` (1 000 at the paper preset) Adam steps on the dual Q,
+each a few hundred small kernels: on a GPU the larger part of a refit's time (benchmarks/
+RESULTS.md). With ``stack_seeds``, the runs of a population (`tom.population`) take these
+steps together: every member's dual Q is one flat tensor with a member axis
+(`tom.stacking`), so one batched matmul per layer evaluates every member's minibatch, and
+each member's policy samples a′ through a stack of the members' actors.
+
+What a member computes: the same steps as `TOMObjective._train_dual_alone`, from the same
+minibatches, initial states and Gaussian noise, drawn ahead by the member from its own random
+state in the order its single run draws them (`tom.objectives.tom.draw_dual_work`). The
+dual Q and its Adam state are copied into the stack before and back after, so the member's
+objective is then what its own training would leave, up to rounding: batched matmuls do not
+always round as single ones do, and Adam is written out rather than fused
+(tests/test_stacked_dual.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tom.cuda_graph import GraphedStep
+from tom.objectives.tom import DualWork, TOMObjective, dual_residual, f_star
+from tom.sac import SAC
+from tom.stacking import Copies, FlatStack, StackedAdam, actor_sample, mlp
+
+
+def _parameters(modules: list[torch.nn.Module]) -> list[list[Tensor]]:
+    """``[k][i]``: module i's k-th parameter."""
+    return [list(ps) for ps in zip(*(m.parameters() for m in modules), strict=True)]
+
+
+class StackedDual:
+    """The dual training of P `TOMObjective`s (one TOM config and device), each with its run's
+    policy, as one."""
+
+    def __init__(self, objectives: list[TOMObjective], agents: list[SAC],
+                 cuda_graph: bool = False) -> None:
+        first = objectives[0]
+        for objective in objectives[1:]:
+            if (objective.tom, objective.gamma, objective.device) != (
+                    first.tom, first.gamma, first.device):
+                raise ValueError("StackedDual needs objectives of one TOM config, discount and "
+                                 f"device; got {objective.tom}, {objective.gamma}, "
+                                 f"{objective.device} and {first.tom}, {first.gamma}, "
+                                 f"{first.device}")
+        self.objectives, self.agents, self.members = objectives, agents, len(objectives)
+        self.tom, self.gamma = first.tom, first.gamma
+        self._q = FlatStack(_parameters([o.q for o in objectives]), transposed=True)
+        self._actor = FlatStack(_parameters([a.actor for a in agents]), transposed=True)
+        self._copies = Copies()
+        self._copies.add(self._q.member_views(self._q.flat), self._q.members)
+        self._adam = StackedAdam(self._q, [o.q_opt for o in objectives], self._copies, "dual")
+        self._copies.add(self._actor.member_views(self._actor.flat), self._actor.members,
+                         store=False)
+        self._q.flat.requires_grad_(True)
+        self._step = GraphedStep(self._dual_step, enabled=cuda_graph)
+
+    def train(self, work: list[DualWork]) -> Tensor:
+        """Member i's dual steps with ``work[i]``, for every member at once; the members'
+        objectives hold the result. Returns each member's last step's loss, [P]."""
+        shapes = {tuple(tuple(t.shape) for t in w.tensors()) for w in work}
+        if len(work) != self.members or len(shapes) != 1:
+            raise ValueError(f"StackedDual.train needs one DualWork of one shape per member "
+                             f"({self.members}); got {len(work)} of shapes {sorted(shapes)}")
+        stacked = [torch.stack(parts) for parts in zip(*(w.tensors() for w in work),
+                                                        strict=True)]
+        self._copies.load()
+        loss = torch.empty(0)
+        for u in range(stacked[0].shape[1]):
+            loss = self._step(*(t[:, u] for t in stacked))
+        self._copies.store()
+        return loss
+
+    def _dual_step(self, obs: Tensor, act: Tensor, reward: Tensor, next_obs: Tensor,
+                   done: Tensor, rho: Tensor, s0: Tensor, noise_a0: Tensor,
+                   noise_next: Tensor) -> Tensor:
+        """One dual step of every member, `TOMObjective.dual_minibatch_loss` and its Adam
+        step: [P, row, ...] inputs."""
+        del reward  # the dual's ρ takes its place
+        actor = self._actor.layers(self._actor.flat)
+        with torch.no_grad():
+            a0, _ = actor_sample(actor, s0, noise_a0)
+            next_rows = next_obs.repeat(1, self.tom.next_action_samples, 1)
+            next_act, _ = actor_sample(actor, next_rows, noise_next)
+        q = self._dual_q(obs, act)
+        members, rows = q.shape
+        next_v = self._dual_q(next_rows, next_act).view(
+            members, self.tom.next_action_samples, rows).mean(1)
+        residual = dual_residual(rho, q, next_v, done, self.gamma)
+        # `dual_loss` of each member: its batch means, for every member at once.
+        losses = ((1.0 - self.gamma) * self._dual_q(s0, a0).mean(dim=1)
+                  + f_star(residual, self.tom.divergence).mean(dim=1))
+        (grad,) = torch.autograd.grad(losses.sum(), [self._q.flat])
+        self._adam.update(grad)
+        return losses.detach()
+
+    def _dual_q(self, obs: Tensor, act: Tensor) -> Tensor:
+        """Every member's dual Q: [P, row, ·] -> [P, row]."""
+        return mlp(self._q.layers(self._q.flat), torch.cat([obs, act], dim=-1)).squeeze(-1)
