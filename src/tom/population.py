@@ -25,6 +25,14 @@ gives each calling thread its own team of workers, which on 2 cores made members
 each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU). On a
 GPU members always run in threads: only that way is checked there against single runs.
 
+With ``stack_seeds`` (a config key, the same for every member) the members also do some of
+their work as one, with a member axis: their blocks of SAC updates (`tom.stacked_sac`) and
+TOM's dual training (`tom.stacked_dual`). A member that reaches such work draws its part's
+random inputs in its own turn and waits, passing the turn, until every active member has
+its part waiting (`tom.turns.together`); the last one to arrive runs them all as one, on a
+GPU on a stream of the population's own. Members then equal their single runs only to
+rounding. Such members always run in threads.
+
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
 member's result or the exception that ended it. Any other exception ends every member (in
