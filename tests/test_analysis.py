@@ -141,7 +141,8 @@ def test_aggregate_writes_tidy_summaries(tmp_path):
     assert epochs["deviates"].all()
     gamma = configs[configs["key"] == "sac.gamma"]
     assert not gamma["deviates"].any()
-    assert not configs["key"].isin(["env", "objective", "seed", "device", "preset"]).any()
+    assert not configs["key"].isin(["env", "objective", "seed", "device", "preset", "compile",
+                                    "cuda_graph", "cuda_graph_steps", "stack_seeds"]).any()
 
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["preset"] == "smoke" and prov["commit"] == "abc123" and prov["n_runs"] == 4

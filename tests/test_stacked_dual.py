@@ -51,7 +51,9 @@ def flat_state(objective: TOMObjective) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("overrides", [{}, {"tom.next_action_samples": 3,
                                             "tom.divergence": "kl"}])
-def test_stacked_dual_training_is_each_members_own(overrides):
+def test_stacked_dual_training_is_each_members_own(overrides, monkeypatch):
+    """12 steps, their inputs stacked 5 at a time (3 slices, the last short)."""
+    monkeypatch.setattr(StackedDual, "STEPS_PER_STACK", 5)
     members = [member(seed, **overrides) for seed in (0, 1, 2)]
     stacked = copy.deepcopy(members)
     losses = []

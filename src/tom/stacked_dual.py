@@ -36,6 +36,10 @@ class StackedDual:
     """The dual training of P `TOMObjective`s (one TOM config and device), each with its run's
     policy, as one."""
 
+    # The members' inputs are stacked this many steps at a time: all 1 000 at once would hold
+    # another copy of every member's drawn minibatches (a few GB for ten Humanoid runs).
+    STEPS_PER_STACK = 100
+
     def __init__(self, objectives: list[TOMObjective], agents: list[SAC],
                  cuda_graph: bool = False) -> None:
         first = objectives[0]
@@ -65,12 +69,14 @@ class StackedDual:
         if len(work) != self.members or len(shapes) != 1:
             raise ValueError(f"StackedDual.train needs one DualWork of one shape per member "
                              f"({self.members}); got {len(work)} of shapes {sorted(shapes)}")
-        stacked = [torch.stack(parts) for parts in zip(*(w.tensors() for w in work),
-                                                        strict=True)]
+        steps = len(work[0].rho)
         self._copies.load()
         loss = torch.empty(0)
-        for u in range(stacked[0].shape[1]):
-            loss = self._step(*(t[:, u] for t in stacked))
+        for lo in range(0, steps, self.STEPS_PER_STACK):  # [P, steps, ...] a slice at a time
+            stacked = [torch.stack([t[lo:lo + self.STEPS_PER_STACK] for t in parts])
+                       for parts in zip(*(w.tensors() for w in work), strict=True)]
+            for u in range(stacked[0].shape[1]):
+                loss = self._step(*(t[:, u] for t in stacked))
         self._copies.store()
         return loss
 

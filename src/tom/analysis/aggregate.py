@@ -48,7 +48,8 @@ COLUMNS: dict[str, list[str]] = {
 }
 SUMMARY_FILES = (*(f"{name}.csv" for name in COLUMNS), "provenance.json")
 # Identity of a run or how it was executed, not a hyperparameter: left out of configs.csv.
-_NOT_HYPERPARAMETERS = {"env", "objective", "seed", "device", "compile", "cuda_graph", "preset"}
+_NOT_HYPERPARAMETERS = {"env", "objective", "seed", "device", "compile", "cuda_graph",
+                        "cuda_graph_steps", "stack_seeds", "preset"}
 
 
 @dataclass
