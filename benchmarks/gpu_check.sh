@@ -14,7 +14,7 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with the runs' SAC updates and dual steps stacked into one (part
+#      then the same with the runs' actions, SAC updates and dual steps as one (part
 #      stacked: stack_seeds=true; and stacked.py, a block and a dual training alone), with
 #      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
 #      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
@@ -109,7 +109,7 @@ for size in $POPULATIONS; do
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --csv "$OUT/bench.csv"
 done
-for size in $POPULATIONS; do  # the same with the runs' SAC updates and dual steps as one
+for size in $POPULATIONS; do  # the same with the runs' work stacked (stack_seeds)
     part "stacked_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --set stack_seeds=true --csv "$OUT/bench.csv"

@@ -309,6 +309,15 @@ class _EachOnItsOwn:
         return [UpdateStats(row) for row in stats], []
 
     @classmethod
+    def act(cls, stack, parts):
+        cls.calls.append(("act", len(parts)))
+        actions = []
+        for agent, obs, noise in parts:
+            with cls.feeding([noise]):
+                actions.append(agent.act(obs).cpu())
+        return actions, []
+
+    @classmethod
     def dual(cls, stack, parts):
         cls.calls.append(("dual", len(parts)))
         losses = []
@@ -327,15 +336,15 @@ class _EachOnItsOwn:
     @classmethod
     def install(cls, monkeypatch) -> None:
         cls.calls = []
-        for kind in ("sac", "dual"):
+        for kind in ("act", "sac", "dual"):
             entry = population_module._STACKED[kind]
             monkeypatch.setitem(population_module._STACKED, kind, dataclasses.replace(
                 entry, build=lambda parts, graph: None, run=getattr(cls, kind)))
 
 
 def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeypatch):
-    """With stack_seeds, each round of SAC blocks and of TOM dual trainings is one call with
-    every member's part; the members' runs are their single runs, bit for bit, when that
+    """With stack_seeds, each round of actions, of SAC blocks and of TOM dual trainings is one
+    call with every member's part; the members' runs are their single runs, bit for bit, when that
     call does each part on its own (the stacked arithmetic itself: tests/test_stacked_sac.py,
     tests/test_stacked_dual.py)."""
     results = {}
@@ -343,6 +352,7 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeyp
         trainer = Trainer(_cfg(seed))
         results[seed] = (trainer.run(), _parameters(trainer))
         updates, rounds = trainer.agent.num_updates, trainer.objective.rounds
+        acting = trainer.total_steps - trainer.cfg.schedule.init_steps
     _EachOnItsOwn.install(monkeypatch)
     population = Population()
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
@@ -356,6 +366,7 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeyp
     calls = _EachOnItsOwn.calls
     assert [n for kind, n in calls if kind == "sac"] == [3] * blocks
     assert [n for kind, n in calls if kind == "dual"] == [3] * rounds and rounds > 0
+    assert [n for kind, n in calls if kind == "act"] == [3] * acting and acting > 0
 
 
 def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):

@@ -16,7 +16,7 @@ import torch
 from tom.buffer import Transition
 from tom.config import SACConfig
 from tom.sac import SAC
-from tom.stacked_sac import StackedSAC, draw_noise
+from tom.stacked_sac import StackedPolicy, StackedSAC, draw_action_noise, draw_noise
 
 OBS_DIM, ACT_DIM, ROWS, UPDATES = 5, 3, 32, 4
 TOL = dict(rtol=1e-4, atol=2e-6)
@@ -140,3 +140,23 @@ def test_bad_blocks_are_refused():
         stack.update_block(blocks, [draw_noise(b) for b in blocks])
     with pytest.raises(ValueError, match="one SAC config"):
         StackedSAC([make_agent(0), make_agent(1, gamma=0.9)])
+
+
+def test_stacked_policy_acts_as_each_members_own_policy():
+    """One batched forward for every member's action of a real step: each member's action is
+    its own `SAC.act` (not deterministic) from the same random state, to rounding, and the
+    noise drawn is what `act` draws."""
+    agents = [make_agent(seed, warm) for seed, warm in ((0, 0), (1, 2), (2, 5))]
+    obs = [torch.randn(OBS_DIM) * (i + 1) for i in range(3)]
+    own, noise = [], []
+    for i, (agent, o) in enumerate(zip(agents, obs, strict=True)):
+        torch.manual_seed(40 + i)
+        own.append(agent.act(o))
+        after = torch.get_rng_state()
+        torch.manual_seed(40 + i)
+        noise.append(draw_action_noise(agent))
+        assert torch.equal(torch.get_rng_state(), after)
+    actions = StackedPolicy(agents).act(obs, noise)
+    assert actions.shape == (3, ACT_DIM) and actions.device.type == "cpu"
+    torch.testing.assert_close(actions, torch.stack(own), **TOL)
+    assert not torch.allclose(actions[0], actions[1])

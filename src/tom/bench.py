@@ -172,7 +172,7 @@ def format_row(row: dict[str, Any]) -> str:
     runs = (f", {row['population']} runs in turns (per run:)" if row["population"] > 1
             else "")
     if row.get("stack_seeds"):
-        runs += ", their SAC updates and dual steps stacked"
+        runs += ", their actions, SAC updates and dual steps stacked"
     return (f"{row['env']}/{row['objective']} {row['device']}"
             f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "
             f"{row['threads']} thread(s){runs}, "

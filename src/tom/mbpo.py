@@ -44,7 +44,7 @@ from tom.objectives import (
     weight_statistics,
 )
 from tom.sac import SAC
-from tom.stacked_sac import draw_noise
+from tom.stacked_sac import draw_action_noise, draw_noise
 from tom.turns import pass_turn, together
 
 PHASES = ("env", "objective", "model", "rollout", "sac", "eval")
@@ -247,7 +247,9 @@ class Trainer:
         if self.env_steps < self.cfg.schedule.init_steps:
             act = torch.as_tensor(self.env.action_space.sample(), dtype=torch.float32)
         else:
-            act = self.agent.act(obs).cpu()
+            act = together(  # in a population that stacks its runs' work, as one
+                "act", lambda: self.agent.act(obs).cpu(),
+                lambda: (self.agent, obs, draw_action_noise(self.agent)))
         next_obs, reward, terminated, truncated, _ = self.env.step(act.numpy())
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
         self.real.add(obs, act, float(reward), next_obs, float(terminated),

@@ -26,12 +26,12 @@ each, by default; ``threads=True`` forces threads (the tests check both ways on 
 GPU members always run in threads: only that way is checked there against single runs.
 
 With ``stack_seeds`` (a config key, the same for every member) the members also do some of
-their work as one, with a member axis: their blocks of SAC updates (`tom.stacked_sac`) and
-TOM's dual training (`tom.stacked_dual`). A member that reaches such work draws its part's
-random inputs in its own turn and waits, passing the turn, until every active member has
-its part waiting (`tom.turns.together`); the last one to arrive runs them all as one, on a
-GPU on a stream of the population's own. Members then equal their single runs only to
-rounding. Such members always run in threads.
+their work as one, with a member axis: each real step's action and their blocks of SAC
+updates (`tom.stacked_sac`), and TOM's dual training (`tom.stacked_dual`). A member that
+reaches such work draws its part's random inputs in its own turn and waits, passing the
+turn, until every active member has its part waiting (`tom.turns.together`); the last one
+to arrive runs them all as one, on a GPU on a stream of the population's own. Members then
+equal their single runs only to rounding. Such members always run in threads.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
@@ -55,7 +55,7 @@ from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
 from tom.sac import UpdateStats
 from tom.stacked_dual import StackedDual
-from tom.stacked_sac import StackedSAC
+from tom.stacked_sac import StackedPolicy, StackedSAC
 
 
 @dataclass
@@ -333,14 +333,25 @@ def _run_sac(stack: StackedSAC, parts: list[tuple]) -> tuple[list[Any], list[tor
     return [UpdateStats(row) for row in stats], [stats]
 
 
+def _run_act(stack: StackedPolicy, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
+    actions = stack.act([obs for _, obs, _ in parts], [noise for *_, noise in parts])
+    return list(actions), []  # on the host
+
+
 def _run_dual(stack: StackedDual, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
     losses = stack.train([work for *_, work in parts])
     return list(losses), [losses]
 
 
-# "sac": (agent, batches, noise) (`tom.stacked_sac`); "dual": (objective, agent, work)
+# "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "sac":
+# (agent, batches, noise) (`tom.stacked_sac`); "dual": (objective, agent, work)
 # (`tom.stacked_dual`).
 _STACKED = {
+    "act": _Stacked(
+        describe=lambda part: (("act", _shapes(part[1:])), list(part[1:])),
+        owners=lambda part: (part[0],),
+        build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
+        run=_run_act),
     "sac": _Stacked(
         describe=lambda part: (("sac", _shapes([*part[1], part[2]])), [*part[1], part[2]]),
         owners=lambda part: (part[0],),

@@ -168,7 +168,7 @@ class SAC:
     def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig,
                  device: str | torch.device = "cpu", compile: bool = False,
                  cuda_graph: bool = False) -> None:
-        self.cfg, self.device = cfg, torch.device(device)
+        self.cfg, self.device, self.act_dim = cfg, torch.device(device), act_dim
         check_device(cuda_graph, device)
         sizes = (cfg.hidden_size, cfg.hidden_layers)
         self.actor = Actor(obs_dim, act_dim, *sizes).to(self.device)

@@ -48,6 +48,11 @@ def draw_noise(batches: Transition) -> Tensor:
     return torch.stack(draws).view(updates, 2, rows, act_dim)
 
 
+def draw_action_noise(agent: SAC) -> Tensor:
+    """The standard normal noise ``agent.act`` draws for one observation, [act_dim]."""
+    return torch.randn(agent.act_dim, device=agent.device)
+
+
 def _parameters(modules: list[torch.nn.Module]) -> list[list[Tensor]]:
     """``[k][i]``: module i's k-th parameter."""
     return [list(ps) for ps in zip(*(m.parameters() for m in modules), strict=True)]
@@ -153,3 +158,26 @@ class StackedSAC:
         members, rows = x.shape[:2]
         x = x[:, None].expand(-1, 2, -1, -1).reshape(2 * members, rows, -1)
         return mlp(self._critic.layers(flat), x).view(members, 2, rows)
+
+
+class StackedPolicy:
+    """P agents' policies acting at once, for one observation each: one batched forward and
+    one copy to the host for every member's action of a real step, instead of one of each
+    per member (`SAC.act`, not deterministic, with the noise each member drew,
+    `draw_action_noise`)."""
+
+    def __init__(self, agents: list[SAC]) -> None:
+        self.agents = agents
+        self._actor = FlatStack(_parameters([a.actor for a in agents]), transposed=True)
+        self._copies = Copies()  # the members' current actors, read before each action
+        self._copies.add(self._actor.member_views(self._actor.flat), self._actor.members,
+                         store=False)
+
+    @torch.no_grad()
+    def act(self, obs: list[Tensor], noise: list[Tensor]) -> Tensor:
+        """Member i's action for ``obs[i]`` ([obs_dim]) with ``noise[i]``: [P, act_dim], on
+        the host."""
+        self._copies.load()
+        actions, _ = actor_sample(self._actor.layers(self._actor.flat),
+                                  torch.stack(obs)[:, None], torch.stack(noise)[:, None])
+        return actions[:, 0].cpu()
