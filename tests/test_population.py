@@ -437,3 +437,21 @@ def test_train_seeds_with_stacked_sac_updates_writes_their_run_directories(tmp_p
             assert (tmp_path / run / name).exists(), (run, name)
         config = json.loads((tmp_path / run / "config.json").read_text())["config"]
         assert config["stack_seeds"] is True
+
+
+def test_stacked_members_whose_work_differs_still_equal_their_single_runs(monkeypatch):
+    """VaGraM as the paper's code runs it mixes model data into a SAC minibatch by a coin per
+    minibatch, so a block may mix shapes and then runs update by update, outside the stack:
+    one member may wait at its SAC block while another is already at its next action. Every
+    piece of waiting work is done (grouped by kind), and members still equal their single
+    runs when the stand-ins do each part on its own."""
+    epochs = ("schedule.epochs=3",)
+    single = {seed: Trainer(_cfg(seed, "vagram", epochs)).run() for seed in (0, 1)}
+    _EachOnItsOwn.install(monkeypatch)
+    population = Population()
+    for seed in (0, 1):
+        population.add(lambda seed=seed: Trainer(_cfg(seed, "vagram", (*epochs, *STACKED))))
+    for seed, result in zip((0, 1), population.run(), strict=True):
+        _assert_same_rows(result, single[seed])
+    sac_groups = [n for kind, n in _EachOnItsOwn.calls if kind == "sac"]
+    assert 1 in sac_groups and 2 in sac_groups  # blocks of one member alone, and of both

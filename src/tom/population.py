@@ -98,7 +98,7 @@ class Population:
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
         self._failure: BaseException | None = None
-        self._stacks: dict[str, Any] = {}  # the last StackedSAC and StackedDual, for reuse
+        self._stacks: dict[tuple, Any] = {}  # StackedSAC etc. by kind and members, for reuse
         self._stack_stream: Any = None  # torch.cuda.Stream of the stacked work on a GPU
 
     def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
@@ -289,19 +289,20 @@ class Population:
         """One kind's stacked work for ``requests``; on a GPU on the population's own stream,
         after what the members queued and before what they queue next."""
         kind = _STACKED[requests[0].kind]
-        key = tuple(id(obj) for r in requests for obj in kind.owners(r.part))
-        cached = self._stacks.get(requests[0].kind)
-        if cached is None or cached[0] != key:  # new members' objects, or a member left
-            cached = key, kind.build([r.part for r in requests],
-                                     members[0].trainer.cfg.cuda_graph)
-            self._stacks[requests[0].kind] = cached
+        # A stack per set of members: the same one each round (on a GPU it holds the CUDA
+        # graphs), and another where only some members do this kind of work this time.
+        key = (requests[0].kind, *(id(obj) for r in requests for obj in kind.owners(r.part)))
+        stack = self._stacks.get(key)
+        if stack is None:
+            stack = self._stacks[key] = kind.build([r.part for r in requests],
+                                                   members[0].trainer.cfg.cuda_graph)
         stream = self._stack_stream
         if stream is None:
-            return kind.run(cached[1], [r.part for r in requests])[0]
+            return kind.run(stack, [r.part for r in requests])[0]
         for m in members:
             stream.wait_stream(m.stream)
         with torch.cuda.stream(stream):
-            results, outputs = kind.run(cached[1], [r.part for r in requests])
+            results, outputs = kind.run(stack, [r.part for r in requests])
         for request in requests:  # read on that stream: not reused before it ran
             for tensor in request.inputs:
                 tensor.record_stream(stream)
