@@ -101,8 +101,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     the device show in the calls that synchronise). On a GPU, ``gpu_busy_percent`` is its
     busy share over the timed steps (`GpuBusy`). ``steps_per_turn`` replaces
     `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn per whole inner loop).
-    With ``stack_seeds=true`` among the overrides, the runs' SAC blocks are one (also for one
-    run: a population of one, to compare with its plain updates)."""
+    With ``stack_seeds=true`` among the overrides, the runs' actions, SAC blocks and dual steps
+    are stacked (also for one run: a population of one, to compare with its plain work)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")

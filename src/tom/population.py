@@ -75,7 +75,7 @@ class _Member:
 class _Request:
     """A member's part of work done with the other members' parts as one (stack_seeds)."""
 
-    kind: str  # what `turns.together` was called with: "sac" or "dual"
+    kind: str  # what `turns.together` was called with: "act", "sac" or "dual"
     part: tuple  # what the stacked work takes from this member
     key: tuple  # parts of equal keys (kind and shapes) are done together
     inputs: list[torch.Tensor]  # the tensors of the part, which the stacked work reads
@@ -251,7 +251,6 @@ class Population:
         del self._active[i]
         if self._active:
             self._active[i % len(self._active)].go.release()
-
 
     # -- the members' work as one (stack_seeds) -----------------------------------------------
 

@@ -24,12 +24,14 @@ from torch import Tensor
 from tom.cuda_graph import GraphedStep
 from tom.objectives.tom import DualWork, TOMObjective, dual_residual, f_star
 from tom.sac import SAC
-from tom.stacking import Copies, FlatStack, StackedAdam, actor_sample, mlp
-
-
-def _parameters(modules: list[torch.nn.Module]) -> list[list[Tensor]]:
-    """``[k][i]``: module i's k-th parameter."""
-    return [list(ps) for ps in zip(*(m.parameters() for m in modules), strict=True)]
+from tom.stacking import (
+    Copies,
+    FlatStack,
+    StackedAdam,
+    actor_sample,
+    member_parameters,
+    mlp,
+)
 
 
 class StackedDual:
@@ -52,8 +54,8 @@ class StackedDual:
                                  f"{first.device}")
         self.objectives, self.agents, self.members = objectives, agents, len(objectives)
         self.tom, self.gamma = first.tom, first.gamma
-        self._q = FlatStack(_parameters([o.q for o in objectives]), transposed=True)
-        self._actor = FlatStack(_parameters([a.actor for a in agents]), transposed=True)
+        self._q = FlatStack(member_parameters([o.q for o in objectives]), transposed=True)
+        self._actor = FlatStack(member_parameters([a.actor for a in agents]), transposed=True)
         self._copies = Copies()
         self._copies.add(self._q.member_views(self._q.flat), self._q.members)
         self._adam = StackedAdam(self._q, [o.q_opt for o in objectives], self._copies, "dual")

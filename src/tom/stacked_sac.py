@@ -1,4 +1,5 @@
-"""The SAC updates of several runs (a `tom.population`'s members) as one: a population axis.
+"""The SAC updates of several runs (a `tom.population`'s members) as one: a population axis;
+and their actions of a real step (`StackedPolicy`).
 
 Every network of P agents is stacked into one set of tensors with a leading member axis (the
 actors' layers [P, in, out], the twin critics' [2P, in, out], the temperatures [P]), so that
@@ -35,7 +36,14 @@ from torch import Tensor
 from tom.buffer import Transition
 from tom.cuda_graph import GraphedStep
 from tom.sac import SAC, soft_q_target
-from tom.stacking import Copies, FlatStack, StackedAdam, actor_sample, mlp
+from tom.stacking import (
+    Copies,
+    FlatStack,
+    StackedAdam,
+    actor_sample,
+    member_parameters,
+    mlp,
+)
 
 
 def draw_noise(batches: Transition) -> Tensor:
@@ -53,11 +61,6 @@ def draw_action_noise(agent: SAC) -> Tensor:
     return torch.randn(agent.act_dim, device=agent.device)
 
 
-def _parameters(modules: list[torch.nn.Module]) -> list[list[Tensor]]:
-    """``[k][i]``: module i's k-th parameter."""
-    return [list(ps) for ps in zip(*(m.parameters() for m in modules), strict=True)]
-
-
 class StackedSAC:
     """P `SAC` agents (one SAC config and device) whose blocks of updates run as one."""
 
@@ -72,9 +75,9 @@ class StackedSAC:
                                  f"{first.device}")
         self.agents, self.cfg, self.members = agents, first.cfg, len(agents)
         self.target_entropy = first.target_entropy
-        self._actor = FlatStack(_parameters([a.actor for a in agents]), transposed=True)
-        self._critic = FlatStack(_parameters([a.critic for a in agents]), rows_per_member=2)
-        self._target = FlatStack(_parameters([a.critic_target for a in agents]),
+        self._actor = FlatStack(member_parameters([a.actor for a in agents]), transposed=True)
+        self._critic = FlatStack(member_parameters([a.critic for a in agents]), rows_per_member=2)
+        self._target = FlatStack(member_parameters([a.critic_target for a in agents]),
                                  rows_per_member=2)
         self._alpha = FlatStack([[a.log_alpha for a in agents]])
         self._copies = Copies()
@@ -168,7 +171,7 @@ class StackedPolicy:
 
     def __init__(self, agents: list[SAC]) -> None:
         self.agents = agents
-        self._actor = FlatStack(_parameters([a.actor for a in agents]), transposed=True)
+        self._actor = FlatStack(member_parameters([a.actor for a in agents]), transposed=True)
         self._copies = Copies()  # the members' current actors, read before each action
         self._copies.add(self._actor.member_views(self._actor.flat), self._actor.members,
                          store=False)

@@ -20,9 +20,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from tom.sac import LOG_STD_MAX, LOG_STD_MIN, tanh_normal_log_prob
+
+
+def member_parameters(modules: list[nn.Module]) -> list[list[Tensor]]:
+    """``[k][i]``: module i's k-th parameter (the layout `FlatStack` takes)."""
+    return [list(ps) for ps in zip(*(m.parameters() for m in modules), strict=True)]
 
 
 class FlatStack:
