@@ -1,13 +1,13 @@
 """TOM's dual training of several runs as one: a population axis for the dual Q.
 
 A TOM refit takes ``tom.dual_steps`` (1 000 at the paper preset) Adam steps on the dual Q,
-each a few hundred small kernels: ten times the discriminator's steps, in TOM's objective
-phase, which took a run on an H100 more time than its model fit (3.2 s against 1.9 s per
-1 000 real steps; benchmarks/RESULTS.md, sixth session). With ``stack_seeds``, the runs of
-a population (`tom.population`) take these steps together: every member's dual Q is one
-flat tensor with a member axis (`tom.stacking`), so one batched matmul per layer evaluates
-every member's minibatch, and each member's policy samples a′ through a stack of the
-members' actors.
+each a few hundred small kernels, besides the discriminator's 400 steps (not stacked), in
+TOM's objective phase, which took a run on an H100 more time than its model fit (3.2 s
+against 1.9 s per 1 000 real steps; benchmarks/RESULTS.md, sixth session). With
+``stack_seeds``, the runs of a population (`tom.population`) take these steps together:
+every member's dual Q is one flat tensor with a member axis (`tom.stacking`), so one batched
+matmul per layer evaluates every member's minibatch, and each member's policy samples a′
+through a stack of the members' actors.
 
 What a member computes: the same steps as `TOMObjective._train_dual_alone`, from the same
 minibatches, initial states and Gaussian noise, drawn ahead by the member from its own random
