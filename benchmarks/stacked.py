@@ -1,9 +1,10 @@
 """What stacking P seeds' work into one (``stack_seeds: true``) saves, at the paper's sizes: a
-block of SAC updates (`tom.stacked_sac`) and a TOM refit's dual training (`tom.stacked_dual`)
-of P members as one, against the members' own one after another (as seeds in turns do them).
+block of SAC updates (`tom.stacked_sac`), a TOM refit's dual training and its discriminator's
+(`tom.stacked_tom`) of P members as one, against the members' own one after another (as seeds
+in turns do them).
 
     python benchmarks/stacked.py --threads 2 --members 1 2 5 10 [--repeats 5] [--device cuda]
-        [--dual-steps 100]
+        [--dual-steps 100] [--disc-passes 5]
 
 Both sides are what the training loop runs: `SAC.update_block` and
 `TOMObjective._train_dual_alone` of each member, against `StackedSAC.update_block` and
@@ -24,10 +25,17 @@ from throughput import median_time  # benchmarks/throughput.py, next to this scr
 from tom.buffer import ReplayBuffer, Transition
 from tom.config import resolve
 from tom.envs import get_task
-from tom.objectives.tom import TOMObjective, draw_dual_work
+from tom.objectives.tom import (
+    Discriminator,
+    TOMObjective,
+    draw_disc_work,
+    draw_dual_work,
+    train_discriminator,
+)
+from tom.optim import adam
 from tom.sac import SAC
-from tom.stacked_dual import StackedDual
 from tom.stacked_sac import StackedSAC, draw_noise
+from tom.stacked_tom import StackedDiscriminator, StackedDual
 
 
 def blocks(members: int, updates: int, rows: int, obs_dim: int, act_dim: int,
@@ -61,23 +69,32 @@ def main() -> None:
     parser.add_argument("--dual-steps", type=int, default=100,
                         help="dual steps per measured training (the paper preset's 1 000 "
                         "take ten times as long)")
+    parser.add_argument("--disc-passes", type=int, default=5,
+                        help="discriminator passes over the 1 000-row recent window per "
+                        "measured training (4 steps each; the paper preset's 100 take 20 "
+                        "times as long)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     task = get_task(args.env)
     cfg = resolve(args.env, "tom", preset="paper", device=args.device,
-                  overrides=[f"tom.dual_steps={args.dual_steps}"])
+                  overrides=[f"tom.dual_steps={args.dual_steps}",
+                             f"tom.disc_passes={args.disc_passes}"])
     graph = args.device == "cuda"
     o, a = task.obs_dim, task.act_dim
     updates, rows = cfg.schedule.update_block, cfg.sac.batch_size
     buf = replay_buffer(20_000, o, a, args.device)
     rho = torch.randn(len(buf), device=args.device)
+    recent = buf.recent_mask(cfg.tom.recent_window)
+    recent_idx = torch.nonzero(recent).squeeze(-1)
+    disc_steps = args.disc_passes * -(-len(recent_idx) // cfg.tom.disc_batch)
     where = (torch.cuda.get_device_name() + ", CUDA graphs" if graph
              else f"{args.threads} CPU thread(s)")
     print(f"{args.env} at the paper preset, {where}, torch {torch.__version__}: blocks of "
-          f"{updates} SAC updates, {args.dual_steps} dual steps on a 20 000-transition "
-          f"buffer; ms per member per update or step (median of {args.repeats})")
+          f"{updates} SAC updates, {args.dual_steps} dual steps and {disc_steps} "
+          f"discriminator steps on a 20 000-transition buffer; ms per member per update or "
+          f"step (median of {args.repeats})")
     for p in args.members:
         agents = [SAC(o, a, cfg.sac, args.device, cuda_graph=graph) for _ in range(p)]
         objectives = [TOMObjective(cfg, o, a) for _ in range(p)]
@@ -99,12 +116,26 @@ def main() -> None:
         def stacked_dual(stack=stack_dual, objectives=objectives) -> None:
             stack.train([draw_dual_work(buf, rho, cfg.tom, a) for _ in objectives])
 
+        def own_disc(members=p) -> None:
+            for _ in range(members):
+                train_discriminator(buf, recent, cfg.tom, o, a, cuda_graph=graph)
+
+        def stacked_disc(members=p) -> None:  # fresh discriminators, as each refit has
+            discs = [Discriminator(o, a, cfg.tom.disc_hidden, buf.all()).to(args.device)
+                     for _ in range(members)]
+            opts = [adam(d.parameters(), lr=cfg.tom.disc_lr, capturable=graph) for d in discs]
+            works = [draw_disc_work(buf, recent_idx, cfg.tom) for _ in discs]
+            StackedDiscriminator(discs, opts, cfg.tom, cuda_graph=graph).train(works)
+
         times = [1e3 * median_time(fn, args.repeats, warmup=2) / (p * n) for fn, n in (
             (own_sac, updates), (stacked_sac, updates), (own_dual, args.dual_steps),
-            (stacked_dual, args.dual_steps))]
+            (stacked_dual, args.dual_steps), (own_disc, disc_steps),
+            (stacked_disc, disc_steps))]
         print(f"  P = {p:2d}: SAC update own {times[0]:6.3f} ms, stacked {times[1]:6.3f} ms "
               f"({times[0] / times[1]:4.2f}×); dual step own {times[2]:6.3f} ms, stacked "
-              f"{times[3]:6.3f} ms ({times[2] / times[3]:4.2f}×)", flush=True)
+              f"{times[3]:6.3f} ms ({times[2] / times[3]:4.2f}×); discriminator step own "
+              f"{times[4]:6.3f} ms, stacked {times[5]:6.3f} ms ({times[4] / times[5]:4.2f}×)",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -343,13 +343,13 @@ def test_stacked_seeds_on_cuda_are_reproducible():
 @cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_stacked_dual_on_cuda_matches_each_members_own_training(cuda_graph):
-    """`tom.stacked_dual` on the GPU, eager and with a graph per step: three members' dual
+    """`tom.stacked_tom` on the GPU, eager and with a graph per step: three members' dual
     trainings as one land within rounding of each member's own eager training from the same
     random state."""
     import copy
 
     from tom.objectives.tom import TOMObjective, draw_dual_work
-    from tom.stacked_dual import StackedDual
+    from tom.stacked_tom import StackedDual
 
     cfg = resolve("hopper", "tom", preset="smoke", device="cuda", overrides=[
         "cuda_graph=false", "tom.dual_steps=8"])
@@ -377,4 +377,33 @@ def test_stacked_dual_on_cuda_matches_each_members_own_training(cuda_graph):
     torch.testing.assert_close(got, torch.stack(losses), rtol=1e-4, atol=1e-5)
     for (own, _), (mine, _) in zip(members, stacked, strict=True):
         for p, q in zip(own.q.parameters(), mine.q.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_stacked_discriminators_on_cuda_match_each_members_own(cuda_graph):
+    """`tom.stacked_tom.StackedDiscriminator` on the GPU, eager and with a graph per step
+    shape (the gradient penalty's double backward captured): three members' discriminators
+    trained as one land within rounding of each trained alone, eagerly."""
+    from tom.objectives.tom import Discriminator, draw_disc_work, train_discriminator
+    from tom.optim import adam
+    from tom.stacked_tom import StackedDiscriminator
+
+    cfg = resolve("hopper", "tom", preset="smoke", device="cuda").tom
+    buf = ReplayBuffer(500, OBS_DIM, ACT_DIM, "cuda")
+    for batch in _batches([100] * 5):
+        buf.add_batch(batch)
+    recent = buf.recent_mask(150)
+    own, discs, opts, works = [], [], [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        own.append(train_discriminator(buf, recent, cfg, OBS_DIM, ACT_DIM))
+        torch.manual_seed(seed)
+        discs.append(Discriminator(OBS_DIM, ACT_DIM, cfg.disc_hidden, buf.all()).to("cuda"))
+        opts.append(adam(discs[-1].parameters(), lr=cfg.disc_lr, capturable=cuda_graph))
+        works.append(draw_disc_work(buf, torch.nonzero(recent).squeeze(-1), cfg))
+    StackedDiscriminator(discs, opts, cfg, cuda_graph=cuda_graph).train(works)
+    for mine, disc in zip(own, discs, strict=True):
+        for p, q in zip(mine.parameters(), disc.parameters(), strict=True):
             torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)

@@ -23,6 +23,7 @@ from tom.cli import main
 from tom.config import resolve
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
+from tom.objectives.tom import discriminator_loss
 from tom.outputs import RUN_FILES
 from tom.population import Population
 from tom.sac import UpdateStats
@@ -289,14 +290,14 @@ class _EachOnItsOwn:
 
     @staticmethod
     @contextlib.contextmanager
-    def feeding(noise):
-        """``torch.randn_like`` returning ``noise``'s tensors in order, and all of them."""
-        feed, original = iter(noise), torch.randn_like
-        torch.randn_like = lambda t: next(feed)
+    def feeding(noise, name="randn_like"):
+        """``torch.<name>`` returning ``noise``'s tensors in order, and all of them."""
+        feed, original = iter(noise), getattr(torch, name)
+        setattr(torch, name, lambda *args, **kwargs: next(feed))
         try:
             yield
         finally:
-            torch.randn_like = original
+            setattr(torch, name, original)
         assert next(feed, None) is None
 
     @classmethod
@@ -318,6 +319,19 @@ class _EachOnItsOwn:
         return actions, []
 
     @classmethod
+    def disc(cls, stack, parts):
+        cls.calls.append(("disc", len(parts)))
+        for disc, opt, cfg, work in parts:
+            for pos, neg, eps in zip(work.pos, work.neg, work.eps, strict=True):
+                with cls.feeding([] if eps is None else [eps], "rand"):
+                    loss = discriminator_loss(disc, pos, neg, cfg.replay_label,
+                                              cfg.grad_penalty)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return [None] * len(parts), []
+
+    @classmethod
     def dual(cls, stack, parts):
         cls.calls.append(("dual", len(parts)))
         losses = []
@@ -336,17 +350,17 @@ class _EachOnItsOwn:
     @classmethod
     def install(cls, monkeypatch) -> None:
         cls.calls = []
-        for kind in ("act", "sac", "dual"):
+        for kind in ("act", "sac", "disc", "dual"):
             entry = population_module._STACKED[kind]
             monkeypatch.setitem(population_module._STACKED, kind, dataclasses.replace(
                 entry, build=lambda parts, graph: None, run=getattr(cls, kind)))
 
 
 def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeypatch):
-    """With stack_seeds, each round of actions, of SAC blocks and of TOM dual trainings is one
-    call with every member's part; the members' runs are their single runs, bit for bit, when that
-    call does each part on its own (the stacked arithmetic itself: tests/test_stacked_sac.py,
-    tests/test_stacked_dual.py)."""
+    """With stack_seeds, each round of actions, of SAC blocks and of TOM's discriminator and
+    dual trainings is one call with every member's part; the members' runs are their single
+    runs, bit for bit, when that call does each part on its own (the stacked arithmetic
+    itself: tests/test_stacked_sac.py, tests/test_stacked_tom.py)."""
     results = {}
     for seed in (0, 1, 2):  # each built right before its run, which starts from its seed
         trainer = Trainer(_cfg(seed))
@@ -366,6 +380,7 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeyp
     calls = _EachOnItsOwn.calls
     assert [n for kind, n in calls if kind == "sac"] == [3] * blocks
     assert [n for kind, n in calls if kind == "dual"] == [3] * rounds and rounds > 0
+    assert [n for kind, n in calls if kind == "disc"] == [3] * rounds
     assert [n for kind, n in calls if kind == "act"] == [3] * acting and acting > 0
 
 

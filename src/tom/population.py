@@ -27,11 +27,11 @@ GPU members always run in threads: only that way is checked there against single
 
 With ``stack_seeds`` (a config key, the same for every member) the members also do some of
 their work as one, with a member axis: each real step's action and their blocks of SAC
-updates (`tom.stacked_sac`), and TOM's dual training (`tom.stacked_dual`). A member that
-reaches such work draws its part's random inputs in its own turn and waits, passing the
-turn, until every active member has its part waiting (`tom.turns.together`); the last one
-to arrive runs them all as one, on a GPU on a stream of the population's own. Members then
-equal their single runs only to rounding. Such members always run in threads.
+updates (`tom.stacked_sac`), and TOM's discriminator and dual training (`tom.stacked_tom`).
+A member that reaches such work draws its part's random inputs in its own turn and waits,
+passing the turn, until every active member has its part waiting (`tom.turns.together`);
+the last one to arrive runs them all as one, on a GPU on a stream of the population's own.
+Members then equal their single runs only to rounding. Such members always run in threads.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
@@ -54,8 +54,8 @@ from tom.checkpoint import rng_state, set_rng_state
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
 from tom.sac import UpdateStats
-from tom.stacked_dual import StackedDual
 from tom.stacked_sac import StackedPolicy, StackedSAC
+from tom.stacked_tom import StackedDiscriminator, StackedDual
 
 
 @dataclass
@@ -75,7 +75,7 @@ class _Member:
 class _Request:
     """A member's part of work done with the other members' parts as one (stack_seeds)."""
 
-    kind: str  # what `turns.together` was called with: "act", "sac" or "dual"
+    kind: str  # what `turns.together` was called with: "act", "sac", "disc" or "dual"
     part: tuple  # what the stacked work takes from this member
     key: tuple  # parts of equal keys (kind and shapes) are done together
     inputs: list[torch.Tensor]  # the tensors of the part, which the stacked work reads
@@ -291,10 +291,11 @@ class Population:
         # A stack per set of members: the same one each round (on a GPU it holds the CUDA
         # graphs), and another where only some members do this kind of work this time.
         key = (requests[0].kind, *(id(obj) for r in requests for obj in kind.owners(r.part)))
-        stack = self._stacks.get(key)
+        stack = self._stacks.get(key) if kind.reuse else None
         if stack is None:
-            stack = self._stacks[key] = kind.build([r.part for r in requests],
-                                                   members[0].trainer.cfg.cuda_graph)
+            stack = kind.build([r.part for r in requests], members[0].trainer.cfg.cuda_graph)
+            if kind.reuse:
+                self._stacks[key] = stack
         stream = self._stack_stream
         if stream is None:
             return kind.run(stack, [r.part for r in requests])[0]
@@ -321,6 +322,7 @@ class _Stacked:
     owners: Callable[[tuple], tuple]
     build: Callable[[list[tuple], bool], Any]
     run: Callable[[Any, list[tuple]], tuple[list[Any], list[torch.Tensor]]]
+    reuse: bool = True  # False: the owners are new each time (a refit's discriminators)
 
 
 def _shapes(tensors: list[torch.Tensor]) -> tuple:
@@ -338,14 +340,20 @@ def _run_act(stack: StackedPolicy, parts: list[tuple]) -> tuple[list[Any], list[
     return list(actions), []  # on the host
 
 
+def _run_disc(stack: StackedDiscriminator, parts: list[tuple]
+              ) -> tuple[list[Any], list[torch.Tensor]]:
+    stack.train([work for *_, work in parts])
+    return [None] * len(parts), []
+
+
 def _run_dual(stack: StackedDual, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
     losses = stack.train([work for *_, work in parts])
     return list(losses), [losses]
 
 
 # "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "sac":
-# (agent, batches, noise) (`tom.stacked_sac`); "dual": (objective, agent, work)
-# (`tom.stacked_dual`).
+# (agent, batches, noise) (`tom.stacked_sac`); "disc": (discriminator, optimiser, TOM config,
+# work), "dual": (objective, agent, work) (`tom.stacked_tom`).
 _STACKED = {
     "act": _Stacked(
         describe=lambda part: (("act", _shapes(part[1:])), list(part[1:])),
@@ -357,6 +365,12 @@ _STACKED = {
         owners=lambda part: (part[0],),
         build=lambda parts, graph: StackedSAC([p[0] for p in parts], cuda_graph=graph),
         run=_run_sac),
+    "disc": _Stacked(
+        describe=lambda part: (("disc", _shapes(part[3].tensors())), part[3].tensors()),
+        owners=lambda part: part[:2],
+        build=lambda parts, graph: StackedDiscriminator(
+            [p[0] for p in parts], [p[1] for p in parts], parts[0][2], cuda_graph=graph),
+        run=_run_disc, reuse=False),
     "dual": _Stacked(
         describe=lambda part: (("dual", _shapes(part[2].tensors())), part[2].tensors()),
         owners=lambda part: part[:2],

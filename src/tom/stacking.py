@@ -1,5 +1,5 @@
 """Networks of several runs stacked with a member axis: the pieces `tom.stacked_sac` and
-`tom.stacked_dual` share.
+`tom.stacked_tom` share.
 
 A network of every member is one flat tensor [rows, n] (`FlatStack`): a row per member, or
 two per member for SAC's twin critics. Its layers are views of it ([rows, in, out] weights,

@@ -56,7 +56,8 @@ def together(kind: str, alone: Callable[[], T], part: Callable[[], tuple]) -> T:
     """``alone()``; in a population whose runs stack their work (``stack_seeds``), this run's
     ``part()`` done together with the other runs' parts of that ``kind`` as one, which gives
     what ``alone()`` would (up to rounding): "act", a real step's action; "sac", a block of
-    SAC updates (`tom.stacked_sac`); "dual", TOM's dual training (`tom.stacked_dual`).
+    SAC updates (`tom.stacked_sac`); "disc" and "dual", TOM's discriminator and dual training
+    (`tom.stacked_tom`).
     ``part`` is called in this run's turn: it draws what the work needs from this run's
     random state."""
     turns: Turns | None = getattr(_thread, "turns", None)

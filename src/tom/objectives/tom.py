@@ -164,12 +164,27 @@ def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_d
     """A fresh discriminator trained on D^π (rows where ``recent``) against all of R.
 
     Each pass goes once over D^π in shuffled minibatches of ``cfg.disc_batch``, each paired
-    with as many uniform draws from R (which contains D^π, as a replay buffer does).
+    with as many uniform draws from R (which contains D^π, as a replay buffer does). In a
+    population that stacks its runs' work (stack_seeds), trained with the other runs'
+    discriminators as one (`tom.stacked_tom.StackedDiscriminator`).
     """
     device = buf.device
     disc = Discriminator(obs_dim, act_dim, cfg.disc_hidden, buf.all()).to(device)
     opt = adam(disc.parameters(), lr=cfg.disc_lr, capturable=cuda_graph)
     recent_idx = torch.nonzero(recent).squeeze(-1)
+    together("disc", lambda: _train_discriminator_alone(disc, opt, buf, recent_idx, cfg,
+                                                        cuda_graph),
+             lambda: (disc, opt, cfg, draw_disc_work(buf, recent_idx, cfg)))
+    disc.requires_grad_(False)
+    return disc
+
+
+def _train_discriminator_alone(disc: Discriminator, opt: torch.optim.Optimizer,
+                               buf: ReplayBuffer, recent_idx: Tensor, cfg: TOMConfig,
+                               cuda_graph: bool) -> None:
+    """The discriminator's passes. Each pass draws its order, then each step its replay
+    rows and (with a gradient penalty) its interpolation weights (what `draw_disc_work`
+    draws ahead)."""
     n_recent = recent_idx.numel()
 
     def minibatch_step(rows: Tensor) -> Tensor:
@@ -184,13 +199,41 @@ def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_d
     step = GraphedStep(minibatch_step, enabled=cuda_graph)  # tom.cuda_graph
     done = 0
     for _ in range(cfg.disc_passes):
-        order = recent_idx[torch.randperm(n_recent, device=device)]
+        order = recent_idx[torch.randperm(n_recent, device=recent_idx.device)]
         for lo in range(0, n_recent, cfg.disc_batch):
             step(order[lo:lo + cfg.disc_batch])
             done += 1
             pass_turn_every(done)  # in a population: the others queue work meanwhile
-    disc.requires_grad_(False)
-    return disc
+
+
+@dataclass
+class DiscWork:
+    """One member's discriminator steps' inputs, drawn ahead: per step, the D^π rows, the
+    replay rows ([s, a, s'] each) and the gradient penalty's interpolation weights (None
+    without a penalty). The last step of a pass may have fewer rows."""
+
+    pos: list[Tensor]
+    neg: list[Tensor]
+    eps: list[Tensor | None]
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.pos, *self.neg, *(e for e in self.eps if e is not None)]
+
+
+def draw_disc_work(buf: ReplayBuffer, recent_idx: Tensor, cfg: TOMConfig) -> DiscWork:
+    """The inputs of a discriminator's training (for `tom.stacked_tom`), drawn from the
+    global generators as `_train_discriminator_alone` draws them."""
+    n_recent, device = recent_idx.numel(), recent_idx.device
+    work = DiscWork([], [], [])
+    for _ in range(cfg.disc_passes):
+        order = recent_idx[torch.randperm(n_recent, device=device)]
+        for lo in range(0, n_recent, cfg.disc_batch):
+            pos = sas(buf.get(order[lo:lo + cfg.disc_batch]))
+            work.pos.append(pos)
+            work.neg.append(sas(buf.sample(pos.shape[0])))
+            work.eps.append(torch.rand(pos.shape[0], 1, device=device)
+                            if cfg.grad_penalty > 0 else None)
+    return work
 
 
 @torch.no_grad()
@@ -241,7 +284,7 @@ def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
     return q(rows, act).view(samples, -1).mean(0)
 
 
-# -- the dual's random inputs drawn ahead, for runs stacked (tom.stacked_dual) ------------------
+# -- the dual's random inputs drawn ahead, for runs stacked (tom.stacked_tom) ------------------
 
 
 @dataclass
@@ -260,7 +303,7 @@ class DualWork:
 
 def draw_dual_work(buf: ReplayBuffer, rho_all: Tensor, cfg: TOMConfig, act_dim: int
                    ) -> DualWork:
-    """The random inputs of ``cfg.dual_steps`` dual steps (for `tom.stacked_dual`), drawn
+    """The random inputs of ``cfg.dual_steps`` dual steps (for `tom.stacked_tom`), drawn
     from the global generators as `TOMObjective._train_dual_alone` draws them, step by step:
     the minibatch's rows, the initial states' rows, a0's noise, then a′'s."""
     rows, device = cfg.dual_batch, buf.device
@@ -337,7 +380,7 @@ class TOMObjective(ReweightingObjective):
                           for lo in range(0, data.size, chunk)])
 
     # Step 2: Adam steps on the dual, warm-started from the last round; in a population that
-    # stacks its runs' work (stack_seeds), with the other runs' as one (tom.stacked_dual).
+    # stacks its runs' work (stack_seeds), with the other runs' as one (tom.stacked_tom).
     def _train_dual(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> dict[str, float]:
         loss = together(
             "dual", lambda: self._train_dual_alone(buf, agent, rho_all),

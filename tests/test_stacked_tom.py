@@ -1,6 +1,7 @@
-"""Stacked dual training (`tom.stacked_dual`) against each member's own
-`TOMObjective._train_dual_alone`, from the same state and the same random state: the dual Q, its
-Adam moments and step counts, and the last loss must agree to rounding, member by member."""
+"""Stacked TOM refit work (`tom.stacked_tom`) against each member's own, from the same state
+and the same random state: the dual's training (`TOMObjective._train_dual_alone`) and the
+discriminator's (`train_discriminator`); weights, Adam moments and step counts, and the dual's
+last loss must agree to rounding, member by member."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import torch
 
 from tom.buffer import ReplayBuffer
 from tom.config import resolve
-from tom.objectives.tom import TOMObjective, draw_dual_work
+from tom.objectives.tom import (
+    Discriminator,
+    TOMObjective,
+    draw_disc_work,
+    draw_dual_work,
+    train_discriminator,
+)
+from tom.optim import adam
 from tom.sac import SAC
-from tom.stacked_dual import StackedDual
+from tom.stacked_tom import StackedDiscriminator, StackedDual
 
 OBS_DIM, ACT_DIM, ROWS = 4, 2, 300
 TOL = dict(rtol=1e-4, atol=2e-6)
@@ -51,7 +59,7 @@ def flat_state(objective: TOMObjective) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("overrides", [{}, {"tom.next_action_samples": 3,
                                             "tom.divergence": "kl"}])
-def test_stacked_dual_training_is_each_members_own(overrides, monkeypatch):
+def test_stacked_tom_training_is_each_members_own(overrides, monkeypatch):
     """12 steps, their inputs stacked 5 at a time (3 slices, the last short)."""
     monkeypatch.setattr(StackedDual, "STEPS_PER_STACK", 5)
     members = [member(seed, **overrides) for seed in (0, 1, 2)]
@@ -78,7 +86,36 @@ def test_stacked_dual_training_is_each_members_own(overrides, monkeypatch):
             torch.testing.assert_close(actual[key], expected[key], **TOL, msg=key)
 
 
-def test_stacked_dual_refuses_members_of_other_settings():
+def test_stacked_tom_refuses_members_of_other_settings():
     a, b = member(0), member(1, **{"tom.dual_lr": 1e-3})
     with pytest.raises(ValueError, match="one TOM config"):
         StackedDual([a[0], b[0]], [a[1], b[1]])
+
+
+@pytest.mark.parametrize("grad_penalty", [10.0, 0.0])
+def test_stacked_discriminators_train_as_each_members_own(grad_penalty, monkeypatch):
+    """Three members' fresh discriminators of a refit, trained as one, against each trained
+    by `train_discriminator` alone from the same random state: the weights to rounding (the
+    optimiser is the refit's own, dropped after). 2 passes over a recent window of 70 rows
+    in minibatches of 32: two shapes of step (32 rows and 6)."""
+    overrides = {"tom.disc_passes": 2, "tom.disc_batch": 32, "tom.disc_hidden": 16,
+                 "tom.grad_penalty": grad_penalty}
+    members = [member(seed, **overrides) for seed in (0, 1, 2)]
+    own, stacked, works = [], [], []
+    for seed, (objective, _, buf, _) in zip((0, 1, 2), members, strict=True):
+        recent = buf.recent_mask(70)
+        torch.manual_seed(20 + seed)
+        own.append(train_discriminator(buf, recent, objective.tom, OBS_DIM, ACT_DIM))
+        after = torch.get_rng_state()
+        torch.manual_seed(20 + seed)
+        disc = Discriminator(OBS_DIM, ACT_DIM, objective.tom.disc_hidden, buf.all())
+        opt = adam(disc.parameters(), lr=objective.tom.disc_lr)
+        works.append(draw_disc_work(buf, torch.nonzero(recent).squeeze(-1), objective.tom))
+        assert torch.equal(torch.get_rng_state(), after)  # the same draws
+        stacked.append((disc, opt))
+    StackedDiscriminator([d for d, _ in stacked], [o for _, o in stacked],
+                         members[0][0].tom).train(works)
+    for mine, (disc, _) in zip(own, stacked, strict=True):
+        for p, q in zip(mine.parameters(), disc.parameters(), strict=True):
+            torch.testing.assert_close(q, p, **TOL)
+    assert len(works[0].pos) == 6 and {len(p) for p in works[0].pos} == {32, 6}
