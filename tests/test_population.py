@@ -122,11 +122,11 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     monkeypatch.setattr(Population, "_pass_turn", recording)
     population.run()
     assert {where for _, where in passes} == {
-        "_member_thread", "_sac_block", "fit", "train_discriminator", "_shaping_reward",
-        "_train_dual_alone"}
+        "_member_thread", "_sac_block", "fit", "_train_discriminator_alone",
+        "_shaping_reward", "_train_dual_alone"}
     for member in (0, 1):  # per refit: one pass after the discriminator, 1 inside it, 3 dual
         count = [where for who, where in passes if who == member].count
-        assert count("train_discriminator") == count("_shaping_reward") > 0
+        assert count("_train_discriminator_alone") == count("_shaping_reward") > 0
         assert count("_train_dual_alone") == 3 * count("_shaping_reward")
     members = [who for who, _ in passes]
     # Both run to the same end, so they alternate throughout: 0, 1, 0, 1, ...
