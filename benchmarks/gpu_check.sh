@@ -14,8 +14,8 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with the runs' actions, SAC updates and dual steps as one (part
-#      stacked: stack_seeds=true; and stacked.py, a block and a dual training alone), with
+#      then the same with the runs' work stacked into one (part stacked: stack_seeds=true;
+#      and stacked.py, a SAC block, a dual and a discriminator training alone), with
 #      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
 #      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
 #      20 real steps around a refit under torch.profiler

@@ -66,7 +66,7 @@ class FlatStack:
             per_member = []
             for member_rows, tensor in zip(rows.unbind(0), tensors, strict=True):
                 v = member_rows if self.rows_per_member > 1 else member_rows[0]
-                v = v.T if self.transposed and tensor.dim() == 2 else v.reshape(tensor.shape)
+                v = v.T if self.transposed and tensor.dim() == 2 else v.view(tensor.shape)
                 per_member.append(v)
             out.append(per_member)
         return out
