@@ -278,3 +278,22 @@ def test_deviations_render_as_ascii_latex():
     assert latex.count(r"\item ") == len(DEVIATIONS)
     with pytest.raises(ValueError, match="unbalanced backticks"):
         markdown_to_latex("a `b")
+
+
+def test_notebook_kernels_talk_over_unix_sockets_not_tcp_ports(tmp_path, monkeypatch):
+    """Kernels started at once (the pipeline's notebook rules run in parallel) could pick the
+    same free TCP port, and one then died on start and hung its rule: `run_notebook`'s
+    kernel uses Unix sockets in its own directory. The notebook checks its own connection."""
+    from tom.analysis.notebook import run_notebook
+
+    source = tmp_path / "check.py"
+    header = ("# ---\n# jupyter:\n#   kernelspec:\n#     display_name: Python 3\n"
+              "#     language: python\n#     name: python3\n# ---\n\n")
+    source.write_text(
+        header + "# %% tags=[\"parameters\"]\nanswer = 0\n\n"
+        "# %%\nimport json\nfrom ipykernel.connect import get_connection_info\n"
+        "info = json.loads(get_connection_info())\n"
+        "assert info[\"transport\"] == \"ipc\", info\nassert answer == 42\n")
+    monkeypatch.chdir(tmp_path)
+    run_notebook(source, tmp_path / "out" / "check.ipynb", {"answer": 42})
+    assert (tmp_path / "out" / "check.ipynb").exists()
