@@ -381,6 +381,41 @@ def test_stacked_dual_on_cuda_matches_each_members_own_training(cuda_graph):
 
 
 @cuda
+@pytest.mark.parametrize("kind,cuda_graph", [("mdn", False), ("mdn", True),
+                                             ("ensemble", True)])
+def test_stacked_fit_epochs_on_cuda_match_each_members_own(kind, cuda_graph):
+    """`tom.stacked_model` on the GPU, eager and with a graph per step: three members' first
+    fit epochs (resampled by weights) as one land within rounding of each member's own eager
+    epoch from the same random state."""
+    from test_stacked_model import fit_epochs, flat_state
+
+    from tom.stacked_model import StackedFit
+
+    cfg = resolve("hopper", "mle", preset="smoke").model
+    cfg.kind, cfg.hidden_size, cfg.max_epochs, cfg.steps_per_epoch = kind, 32, 1, 12
+    task = get_task("hopper")
+    g = torch.Generator().manual_seed(4)
+    n = 600
+    obs = torch.randn(n, task.obs_dim, generator=g)
+    data = Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
+                      torch.randn(n, generator=g), obs + 0.1 * torch.randn(
+                          n, task.obs_dim, generator=g), torch.zeros(n)).to("cuda")
+    weights = torch.rand(n, generator=g).cuda()
+    kept = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = make_model(cfg, task.obs_dim, task.act_dim, task.termination, "cuda")
+        kept.append(fit_epochs(model, data, weights=weights)[0])
+    befores = [before for before, *_ in kept]
+    totals = StackedFit(befores, cuda_graph=cuda_graph).train([epoch for _, epoch, *_ in kept])
+    for i, (mine, (_, _, after, total)) in enumerate(zip(befores, kept, strict=True)):
+        torch.testing.assert_close(totals[i], total, rtol=1e-4, atol=1e-5)
+        want = flat_state(after)
+        for key, value in flat_state(mine).items():
+            torch.testing.assert_close(value, want[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_stacked_discriminators_on_cuda_match_each_members_own(cuda_graph):
     """`tom.stacked_tom.StackedDiscriminator` on the GPU, eager and with a graph per step

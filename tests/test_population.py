@@ -122,7 +122,7 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     monkeypatch.setattr(Population, "_pass_turn", recording)
     population.run()
     assert {where for _, where in passes} == {
-        "_member_thread", "_sac_block", "fit", "_train_discriminator_alone",
+        "_member_thread", "_sac_block", "epoch_alone", "_train_discriminator_alone",
         "_shaping_reward", "_train_dual_alone"}
     for member in (0, 1):  # per refit: one pass after the discriminator, 1 inside it, 3 dual
         count = [where for who, where in passes if who == member].count
@@ -348,28 +348,53 @@ class _EachOnItsOwn:
         return losses, []
 
     @classmethod
+    def fit(cls, stack, parts):
+        cls.calls.append(("fit", len(parts)))
+        totals = []
+        for model, epoch in parts:
+            total = torch.zeros(())
+            for idx in epoch.idx:
+                loss = model._objective(*(None if t is None else t[idx] for t in (
+                    epoch.x, epoch.y, epoch.w, epoch.dw, epoch.ndw)))
+                model._optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                model._optimizer.step()
+                total.add_(loss.detach())
+            totals.append(total)
+        return totals, []
+
+    @classmethod
     def install(cls, monkeypatch) -> None:
         cls.calls = []
-        for kind in ("act", "sac", "disc", "dual"):
+        for kind in ("act", "sac", "disc", "dual", "fit"):
             entry = population_module._STACKED[kind]
             monkeypatch.setitem(population_module._STACKED, kind, dataclasses.replace(
                 entry, build=lambda parts, graph: None, run=getattr(cls, kind)))
 
 
-def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeypatch):
+@pytest.mark.parametrize("fits", [(), ("model.max_epochs=8", "model.patience=2",
+                                  "model.steps_per_epoch=2")])
+def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, monkeypatch):
     """With stack_seeds, each round of actions, of SAC blocks and of TOM's discriminator and
-    dual trainings is one call with every member's part; the members' runs are their single
+    dual trainings is one call with every member's part, and each model-fit epoch one call
+    with the part of every member whose fit goes on; the members' runs are their single
     runs, bit for bit, when that call does each part on its own (the stacked arithmetic
-    itself: tests/test_stacked_sac.py, tests/test_stacked_tom.py)."""
-    results = {}
+    itself: tests/test_stacked_sac.py, tests/test_stacked_tom.py,
+    tests/test_stacked_model.py). With early stopping (the second case) members' fits stop
+    after different numbers of epochs; the members ahead then wait for the others, so that
+    the next rounds again stack them all."""
+    results, fit_epochs = {}, []
     for seed in (0, 1, 2):  # each built right before its run, which starts from its seed
-        trainer = Trainer(_cfg(seed))
+        trainer = Trainer(_cfg(seed, overrides=fits))
+        epochs = []
+        trainer.model.fit = _recording_epochs(trainer.model.fit, epochs)
         results[seed] = (trainer.run(), _parameters(trainer))
+        fit_epochs.append(epochs)
         updates, rounds = trainer.agent.num_updates, trainer.objective.rounds
         acting = trainer.total_steps - trainer.cfg.schedule.init_steps
     _EachOnItsOwn.install(monkeypatch)
     population = Population()
-    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED + fits)))
                 for seed in (0, 1, 2)]
     for seed, trainer, result in zip((0, 1, 2), trainers, population.run(), strict=True):
         single, single_params = results[seed]
@@ -382,6 +407,19 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(monkeyp
     assert [n for kind, n in calls if kind == "dual"] == [3] * rounds and rounds > 0
     assert [n for kind, n in calls if kind == "disc"] == [3] * rounds
     assert [n for kind, n in calls if kind == "act"] == [3] * acting and acting > 0
+    # Per refit, epoch k is one call of the members whose fits reach it.
+    expected = [sum(e > k for e in refit) for refit in zip(*fit_epochs, strict=True)
+                for k in range(max(refit))]
+    assert [n for kind, n in calls if kind == "fit"] == expected
+    assert (min(expected) < 3) == bool(fits)
+
+
+def _recording_epochs(fit, epochs: list[int]):
+    def recording(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        epochs.append(result.epochs)
+        return result
+    return recording
 
 
 def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):

@@ -33,7 +33,7 @@ from tom.compile import compiled
 from tom.config import ModelConfig
 from tom.cuda_graph import GraphedLoop, check_device
 from tom.optim import adam
-from tom.turns import in_turns
+from tom.turns import in_turns, together
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -65,6 +65,30 @@ class FitResult:
         out = asdict(self)
         out.pop("holdout_index")
         return out
+
+
+@dataclass
+class FitEpoch:
+    """One epoch of one model's fit, its random draws made ahead (for `tom.stacked_model`):
+    the minibatches' training-split rows ``idx`` [steps, members, batch], drawn as the epoch
+    draws them, and the training split they index. ``w``: per-row loss weights (the 'loss'
+    weighting; None when resampling or unweighted); ``dw``, ``ndw``: per-dimension weights
+    of a mean-only or NLL-weighted fit (None otherwise)."""
+
+    idx: Tensor
+    x: Tensor
+    y: Tensor
+    w: Tensor | None
+    dw: Tensor | None
+    ndw: Tensor | None
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.idx, self.x, self.y, self.w, self.dw, self.ndw)
+                if t is not None]
+
+    def pattern(self) -> tuple[bool, bool, bool]:
+        """Which optional weights the epoch has: its loss's form."""
+        return self.w is not None, self.dw is not None, self.ndw is not None
 
 
 def check_weights(weights: Tensor | None, n: int, device: torch.device) -> Tensor | None:
@@ -134,6 +158,29 @@ def _weighted_mean(values: Tensor, w: Tensor | None) -> Tensor:
 
 def _gaussian_log_prob(y: Tensor, mean: Tensor, var: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * ((y - mean) ** 2 / var + logvar + _LOG_2PI)
+
+
+def mixture_parts(out: Tensor, noise_var: Tensor | float, out_dim: int, components: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """The MDN's log mixture weights, means and variances [..., out_dim, K] from its network's
+    output [..., 3·out_dim·K] and its learned noise variance softplus(raw_noise), shaped to
+    broadcast against [..., out_dim, K]."""
+    logits, mean, raw_var = out.unflatten(-1, (3, out_dim, components)).unbind(-3)
+    var = F.softplus(raw_var) + noise_var + _MIN_VAR
+    return logits.log_softmax(-1), mean, var
+
+
+def mixture_log_prob_dims(log_w: Tensor, mean: Tensor, var: Tensor, y: Tensor) -> Tensor:
+    """Per-dimension mixture log-density [..., out_dim] of y [..., out_dim]."""
+    comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
+    return torch.logsumexp(log_w + comp, -1)
+
+
+def soft_logvar(raw: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tensor:
+    """Soft clamping of a raw log-variance into [min_logvar, max_logvar] (PETS/MBPO),
+    differentiable everywhere."""
+    logvar = max_logvar - F.softplus(max_logvar - raw)
+    return min_logvar + F.softplus(logvar - min_logvar)
 
 
 class DynamicsModel(nn.Module, ABC):
@@ -409,6 +456,7 @@ class DynamicsModel(nn.Module, ABC):
             ndw_tr, ndw_ho = ndw[train_idx], ndw[hold_idx]
         self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
+        loss_w = None if resample else w_tr  # per-row weights inside the loss
         if self._optimizer is None:
             self._optimizer = adam(self.parameters(), lr=cfg.lr, capturable=self.cuda_graph)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
@@ -417,7 +465,7 @@ class DynamicsModel(nn.Module, ABC):
 
         def minibatch_step() -> Tensor:
             idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
-            wb = None if (resample or w_tr is None) else w_tr[idx]
+            wb = None if loss_w is None else loss_w[idx]
             loss = objective(x_tr[idx], y_tr[idx], wb, None if dw_tr is None else dw_tr[idx],
                              None if ndw_tr is None else ndw_tr[idx])
             opt.zero_grad(set_to_none=True)
@@ -428,6 +476,19 @@ class DynamicsModel(nn.Module, ABC):
         # Graphs per fit: the training split is new tensors each fit.
         steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
 
+        def epoch_alone() -> Tensor:
+            total.zero_()
+            # In a population, passing the turn every few steps and at the end: the others'
+            # work runs while this epoch's does.
+            in_turns(steps, cfg.steps_per_epoch, steps.per_graph)
+            return total
+
+        def epoch_drawn() -> tuple[DynamicsModel, FitEpoch]:
+            """The epoch's minibatch rows, drawn as `minibatch_step` draws them."""
+            idx = torch.stack([self.draw_indices(w_tr if resample else None, len(train_idx),
+                                                 shape) for _ in range(cfg.steps_per_epoch)])
+            return self, FitEpoch(idx, x_tr, y_tr, loss_w, dw_tr, ndw_tr)
+
         best = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
         initial = best.mean().item()
         views = self._member_views()
@@ -435,13 +496,11 @@ class DynamicsModel(nn.Module, ABC):
         since, epochs, train_loss, history, finite = 0, 0, math.nan, [], True
         for _ in range(cfg.max_epochs):
             self.train()
-            total.zero_()
-            # In a population, passing the turn every few steps and at the end: the others'
-            # work runs while this epoch's does.
-            in_turns(steps, cfg.steps_per_epoch, steps.per_graph)
+            # In a population that stacks its runs' work, with their epochs as one.
+            epoch_total = together("fit", epoch_alone, epoch_drawn)
             self.eval()
             epochs += 1
-            train_loss = total.item() / (cfg.steps_per_epoch * self.num_members)
+            train_loss = epoch_total.item() / (cfg.steps_per_epoch * self.num_members)
             finite = finite and math.isfinite(train_loss)
             losses = self._holdout_losses(x_ho, y_ho, w_ho, dw_ho, ndw_ho)
             # Relative to |best| because an NLL may be negative; nan never counts as better.
@@ -518,16 +577,12 @@ class MixtureDensityModel(DynamicsModel):
 
     def mixture(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log mixture weights, means and variances, each [..., out_dim, K]."""
-        out = self.head(self.body(x)).unflatten(-1, (3, self.out_dim, self.components))
-        logits, mean, raw_var = out.unbind(-3)
-        var = F.softplus(raw_var) + F.softplus(self.raw_noise)[:, None] + _MIN_VAR
-        return logits.log_softmax(-1), mean, var
+        return mixture_parts(self.head(self.body(x)), F.softplus(self.raw_noise)[:, None],
+                             self.out_dim, self.components)
 
     def _log_prob_dims(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-dimension mixture log-density [..., out_dim]."""
-        log_w, mean, var = self.mixture(x)
-        comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
-        return torch.logsumexp(log_w + comp, -1)
+        return mixture_log_prob_dims(*self.mixture(x), y)
 
     def _log_prob(self, x: Tensor, y: Tensor) -> Tensor:
         return self._log_prob_dims(x, y).sum(-1)
@@ -606,10 +661,7 @@ class ProbabilisticEnsemble(DynamicsModel):
             if i < len(ws) - 1:
                 h = F.silu(h)
         mean, raw = h.chunk(2, -1)
-        # Soft clamping into [min_logvar, max_logvar] (PETS/MBPO), differentiable everywhere.
-        logvar = max_lv - F.softplus(max_lv - raw)
-        logvar = min_lv + F.softplus(logvar - min_lv)
-        return mean, logvar
+        return mean, soft_logvar(raw, max_lv, min_lv)
 
     def _member_nll_dims(self, x: Tensor, y: Tensor) -> Tensor:
         mean, logvar = self.gaussian(x)

@@ -27,7 +27,8 @@ GPU members always run in threads: only that way is checked there against single
 
 With ``stack_seeds`` (a config key, the same for every member) the members also do some of
 their work as one, with a member axis: each real step's action and their blocks of SAC
-updates (`tom.stacked_sac`), and TOM's discriminator and dual training (`tom.stacked_tom`).
+updates (`tom.stacked_sac`), TOM's discriminator and dual training (`tom.stacked_tom`), and
+each epoch of their model fits (`tom.stacked_model`; early stopping stays each member's).
 A member that reaches such work draws its part's random inputs in its own turn and waits,
 passing the turn, until every active member has its part waiting (`tom.turns.together`);
 the last one to arrive runs them all as one, on a GPU on a stream of the population's own.
@@ -54,6 +55,7 @@ from tom.checkpoint import rng_state, set_rng_state
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
 from tom.sac import UpdateStats
+from tom.stacked_model import StackedFit
 from tom.stacked_sac import StackedPolicy, StackedSAC
 from tom.stacked_tom import StackedDiscriminator, StackedDual
 
@@ -75,10 +77,11 @@ class _Member:
 class _Request:
     """A member's part of work done with the other members' parts as one (stack_seeds)."""
 
-    kind: str  # what `turns.together` was called with: "act", "sac", "disc" or "dual"
+    kind: str  # what `turns.together` was called with: "act", "sac", "disc", "dual", "fit"
     part: tuple  # what the stacked work takes from this member
     key: tuple  # parts of equal keys (kind and shapes) are done together
     inputs: list[torch.Tensor]  # the tensors of the part, which the stacked work reads
+    position: tuple[int, int]  # how far its run is: its real steps, then `_ORDER`
     result: Any = None
     done: bool = False
 
@@ -98,7 +101,8 @@ class Population:
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
         self._failure: BaseException | None = None
-        self._stacks: dict[tuple, Any] = {}  # StackedSAC etc. by kind and members, for reuse
+        # (StackedSAC etc., the objects it was built for), by kind and those objects' ids
+        self._stacks: dict[tuple, tuple[Any, tuple]] = {}
         self._stack_stream: Any = None  # torch.cuda.Stream of the stacked work on a GPU
 
     def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
@@ -263,7 +267,8 @@ class Population:
         if not self.stack_seeds:
             return alone()
         taken = part()
-        request = member.request = _Request(kind, taken, *_STACKED[kind].describe(taken))
+        request = member.request = _Request(kind, taken, *_STACKED[kind].describe(taken),
+                                            (member.trainer.env_steps, _ORDER.index(kind)))
         while not request.done:
             if all(m.request is not None for m in self._active):
                 self._run_waiting()
@@ -272,10 +277,15 @@ class Population:
         return request.result
 
     def _run_waiting(self) -> None:
-        """Every active member's waiting part, as one stacked piece of work per key."""
+        """The waiting parts of the members furthest behind in their runs (all of them, when
+        the members are in step), as one stacked piece of work per key. The members ahead
+        go on waiting, to be stacked with the others when they catch up: members fall out
+        of step where their fits stop after different numbers of epochs."""
+        behind = min(m.request.position for m in self._active)
         groups: dict[tuple, list[_Member]] = {}
         for m in self._active:
-            groups.setdefault(m.request.key, []).append(m)
+            if m.request.position == behind:
+                groups.setdefault(m.request.key, []).append(m)
         for members in groups.values():
             requests = [m.request for m in members]
             for m in members:
@@ -290,12 +300,15 @@ class Population:
         kind = _STACKED[requests[0].kind]
         # A stack per set of members: the same one each round (on a GPU it holds the CUDA
         # graphs), and another where only some members do this kind of work this time.
-        key = (requests[0].kind, *(id(obj) for r in requests for obj in kind.owners(r.part)))
-        stack = self._stacks.get(key) if kind.reuse else None
-        if stack is None:
+        owners = tuple(obj for r in requests for obj in kind.owners(r.part))
+        key = (requests[0].kind, *map(id, owners))
+        cached = self._stacks.get(key) if kind.reuse else None
+        if cached is not None:
+            stack = cached[0]
+        else:
             stack = kind.build([r.part for r in requests], members[0].trainer.cfg.cuda_graph)
-            if kind.reuse:
-                self._stacks[key] = stack
+            if kind.reuse:  # the owners kept with it, so that their ids are not reused
+                self._stacks[key] = stack, owners
         stream = self._stack_stream
         if stream is None:
             return kind.run(stack, [r.part for r in requests])[0]
@@ -311,6 +324,12 @@ class Population:
             for tensor in outputs:
                 tensor.record_stream(m.stream)
         return results
+
+
+# Where each kind of stacked work comes in a run (`Trainer.run_steps`): with
+# `Trainer.env_steps` = e, the refit after real step e (the discriminator, the dual, the
+# model fit's epochs), then its SAC block, then the action of real step e + 1.
+_ORDER = ("disc", "dual", "fit", "sac", "act")
 
 
 @dataclass(frozen=True)
@@ -351,9 +370,15 @@ def _run_dual(stack: StackedDual, parts: list[tuple]) -> tuple[list[Any], list[t
     return list(losses), [losses]
 
 
+def _run_fit(stack: StackedFit, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
+    totals = stack.train([epoch for _, epoch in parts])
+    return list(totals.unbind(0)), [totals]
+
+
 # "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "sac":
 # (agent, batches, noise) (`tom.stacked_sac`); "disc": (discriminator, optimiser, TOM config,
-# work), "dual": (objective, agent, work) (`tom.stacked_tom`).
+# work), "dual": (objective, agent, work) (`tom.stacked_tom`); "fit": (dynamics model, its
+# fit's epoch) (`tom.stacked_model`).
 _STACKED = {
     "act": _Stacked(
         describe=lambda part: (("act", _shapes(part[1:])), list(part[1:])),
@@ -377,6 +402,13 @@ _STACKED = {
         build=lambda parts, graph: StackedDual([p[0] for p in parts], [p[1] for p in parts],
                                                cuda_graph=graph),
         run=_run_dual),
+    "fit": _Stacked(
+        describe=lambda part: (("fit", type(part[0]).__name__, _shapes([part[1].idx]),
+                                part[1].x.shape[1:], part[1].y.shape[1:], part[1].pattern()),
+                               part[1].tensors()),
+        owners=lambda part: (part[0], part[0]._optimizer),
+        build=lambda parts, graph: StackedFit([p[0] for p in parts], cuda_graph=graph),
+        run=_run_fit),
 }
 
 
