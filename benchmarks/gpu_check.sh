@@ -15,7 +15,8 @@
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
 #      then the same with the runs' work stacked into one (part stacked: stack_seeds=true;
-#      and stacked.py, a SAC block, a dual and a discriminator training alone), with
+#      and stacked.py, a SAC block, a dual and a discriminator training and a model-fit
+#      epoch alone), with
 #      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
 #      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
 #      20 real steps around a refit under torch.profiler

@@ -1,29 +1,36 @@
 """What stacking P seeds' work into one (``stack_seeds: true``) saves, at the paper's sizes: a
 block of SAC updates (`tom.stacked_sac`), a TOM refit's dual training and its discriminator's
-(`tom.stacked_tom`) of P members as one, against the members' own one after another (as seeds
-in turns do them).
+(`tom.stacked_tom`), and a model-fit epoch (`tom.stacked_model`) of P members as one, against
+the members' own one after another (as seeds in turns do them).
 
     python benchmarks/stacked.py --threads 2 --members 1 2 5 10 [--repeats 5] [--device cuda]
-        [--dual-steps 100] [--disc-passes 5]
+        [--dual-steps 100] [--disc-passes 5] [--model mdn|ensemble]
 
-Both sides are what the training loop runs: `SAC.update_block` and
-`TOMObjective._train_dual_alone` of each member, against `StackedSAC.update_block` and
-`StackedDual.train` with each member's random inputs drawn as its run draws them
-(`draw_noise`, `draw_dual_work`; counted in the stacked time) and the members' states copied
-into the stack and back. On a GPU both sides replay CUDA graphs and are timed to the end of
-the GPU's work. Prints milliseconds per member per SAC update and per dual step, and the
-speed-up per member.
+Both sides are what the training loop runs: `SAC.update_block`,
+`TOMObjective._train_dual_alone`, `train_discriminator` and a fit epoch's steps inside
+`DynamicsModel.fit` of each member, against `StackedSAC.update_block`, `StackedDual.train`,
+`StackedDiscriminator.train` and `StackedFit.train` with each member's random inputs drawn as
+its run draws them (`draw_noise`, `draw_dual_work`, `draw_disc_work`, the fit's own drawing;
+counted in the stacked time) and the members' states copied into the stack and back. On a
+GPU both sides replay CUDA graphs and are timed to the end of the GPU's work. Prints
+milliseconds per member per SAC update, dual step, discriminator step and model-fit step,
+and the speed-up per member.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 from throughput import median_time  # benchmarks/throughput.py, next to this script
 
+from tom import turns
 from tom.buffer import ReplayBuffer, Transition
+from tom.checkpoint import rng_state, set_rng_state
 from tom.config import resolve
+from tom.dynamics import DynamicsModel, FitEpoch, make_model
 from tom.envs import get_task
 from tom.objectives.tom import (
     Discriminator,
@@ -34,6 +41,7 @@ from tom.objectives.tom import (
 )
 from tom.optim import adam
 from tom.sac import SAC
+from tom.stacked_model import StackedFit
 from tom.stacked_sac import StackedSAC, draw_noise
 from tom.stacked_tom import StackedDiscriminator, StackedDual
 
@@ -60,6 +68,60 @@ def replay_buffer(size: int, obs_dim: int, act_dim: int, device: str) -> ReplayB
     return buf
 
 
+class _EpochTimes:
+    """`tom.turns.Turns` for timing the epochs of a fit: each epoch's own steps (``alone``)
+    are timed; with ``keep``, what its drawing draws ahead (`FitEpoch`) is also kept, and
+    the time the drawing takes. The random state is put back after the drawing, so that the
+    fit itself goes on as alone."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep, self.alone, self.drawing = keep, 0.0, 0.0
+        self.epochs: list[FitEpoch] = []
+
+    def pass_turn(self) -> None:
+        pass
+
+    def together(self, kind, alone, part):
+        if self.keep:
+            state = rng_state()
+            start = _now()
+            self.epochs.append(part()[1])
+            self.drawing += _now() - start
+            set_rng_state(state)
+        start = _now()
+        out = alone()
+        self.alone += _now() - start
+        return out
+
+
+def _now() -> float:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def fit_epoch_times(models: list[DynamicsModel], data: Transition, weights: torch.Tensor,
+                    repeats: int, graph: bool) -> tuple[float, float]:
+    """Median seconds of the P members' fit epochs one after another, and as one (their
+    drawing included); each repeat is one one-epoch fit of each member, then its epoch again,
+    stacked, from where that fit left it."""
+    own, stacked, stack = [], [], None
+    for _ in range(repeats + 1):  # the first: warm-up (and Adam's state, which a stack needs)
+        times = _EpochTimes(keep=True)
+        turns.register(times)
+        try:
+            for model in models:
+                model.fit(data, weights)
+        finally:
+            turns.register(None)
+        stack = stack or StackedFit(models, cuda_graph=graph)
+        start = _now()
+        stack.train(times.epochs)
+        own.append(times.alone)
+        stacked.append(_now() - start + times.drawing)
+    return statistics.median(own[1:]), statistics.median(stacked[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="hopper")
@@ -73,6 +135,8 @@ def main() -> None:
                         help="discriminator passes over the 1 000-row recent window per "
                         "measured training (4 steps each; the paper preset's 100 take 20 "
                         "times as long)")
+    parser.add_argument("--model", default=None, choices=("mdn", "ensemble"),
+                        help="the dynamics model (default: the preset's)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,7 +144,8 @@ def main() -> None:
     task = get_task(args.env)
     cfg = resolve(args.env, "tom", preset="paper", device=args.device,
                   overrides=[f"tom.dual_steps={args.dual_steps}",
-                             f"tom.disc_passes={args.disc_passes}"])
+                             f"tom.disc_passes={args.disc_passes}", "model.max_epochs=1",
+                             *([f"model.kind={args.model}"] if args.model else [])])
     graph = args.device == "cuda"
     o, a = task.obs_dim, task.act_dim
     updates, rows = cfg.schedule.update_block, cfg.sac.batch_size
@@ -92,9 +157,11 @@ def main() -> None:
     where = (torch.cuda.get_device_name() + ", CUDA graphs" if graph
              else f"{args.threads} CPU thread(s)")
     print(f"{args.env} at the paper preset, {where}, torch {torch.__version__}: blocks of "
-          f"{updates} SAC updates, {args.dual_steps} dual steps and {disc_steps} "
-          f"discriminator steps on a 20 000-transition buffer; ms per member per update or "
-          f"step (median of {args.repeats})")
+          f"{updates} SAC updates, {args.dual_steps} dual steps, {disc_steps} "
+          f"discriminator steps and a {cfg.model.kind} fit epoch of "
+          f"{cfg.model.steps_per_epoch} steps on a 20 000-transition buffer; ms per member "
+          f"per update or step (median of {args.repeats})")
+    fit_data, fit_weights = buf.all(), torch.rand(len(buf), device=args.device) + 0.1
     for p in args.members:
         agents = [SAC(o, a, cfg.sac, args.device, cuda_graph=graph) for _ in range(p)]
         objectives = [TOMObjective(cfg, o, a) for _ in range(p)]
@@ -131,11 +198,15 @@ def main() -> None:
             (own_sac, updates), (stacked_sac, updates), (own_dual, args.dual_steps),
             (stacked_dual, args.dual_steps), (own_disc, disc_steps),
             (stacked_disc, disc_steps))]
-        print(f"  P = {p:2d}: SAC update own {times[0]:6.3f} ms, stacked {times[1]:6.3f} ms "
-              f"({times[0] / times[1]:4.2f}×); dual step own {times[2]:6.3f} ms, stacked "
-              f"{times[3]:6.3f} ms ({times[2] / times[3]:4.2f}×); discriminator step own "
-              f"{times[4]:6.3f} ms, stacked {times[5]:6.3f} ms ({times[4] / times[5]:4.2f}×)",
-              flush=True)
+        models = [make_model(cfg.model, o, a, task.termination, args.device, cuda_graph=graph)
+                  for _ in range(p)]
+        times += [1e3 * t / (p * cfg.model.steps_per_epoch) for t in fit_epoch_times(
+            models, fit_data, fit_weights, args.repeats, graph)]
+        kinds = ("SAC update", "dual step", "discriminator step", "model-fit step")
+        print(f"  P = {p:2d}: " + "; ".join(
+            f"{what} own {own:6.3f} ms, stacked {mine:6.3f} ms ({own / mine:4.2f}×)"
+            for what, own, mine in zip(kinds, times[::2], times[1::2], strict=True)),
+            flush=True)
 
 
 if __name__ == "__main__":
