@@ -260,8 +260,9 @@ class RunConfig:
                                      "in the same order; fewer launches, but on an H100 10 "
                                      "made runs slower: benchmarks/RESULTS.md)")
     stack_seeds: bool = _f(False, "seeds trained together (`tom train --seeds`, tom.population) "
-                           "do their actions, SAC updates and TOM's discriminator and dual steps "
-                           "as one, with a member axis (tom.stacked_sac, tom.stacked_tom): for "
+                           "do their actions, SAC updates, TOM's discriminator and dual steps "
+                           "and model-fit epochs as one, with a member axis (tom.stacked_sac, "
+                           "tom.stacked_tom, tom.stacked_model): for "
                            "GPUs; equal to each seed's own up to rounding only. A seed alone "
                            "is then a population of one")
     preset: _Preset = _f("quick", "preset the run started from")

@@ -1,15 +1,15 @@
-"""Networks of several runs stacked with a member axis: the pieces `tom.stacked_sac` and
-`tom.stacked_tom` share.
+"""Networks of several runs stacked with a member axis: the pieces `tom.stacked_sac`,
+`tom.stacked_tom` and `tom.stacked_model` share.
 
 A network of every member is one flat tensor [rows, n] (`FlatStack`): a row per member, or
-two per member for SAC's twin critics. Its layers are views of it ([rows, in, out] weights,
-[rows, 1, out] biases), so that one batched matmul per layer evaluates every member, and the
-gradient, each Adam operation and a Polyak average are one operation on one tensor rather
-than one per layer and member. The members keep their own modules and optimisers: `Copies`
-copies their tensors into the stack before stacked work and back after it, so that
-everything else a run does sees what it would see alone. `StackedAdam` is torch.optim.Adam's
-algorithm with each member's own step count, its moments and counts copied from and to the
-members' optimisers.
+several per member (SAC's twin critics, an ensemble's members). Its layers are views of it
+([rows, in, out] weights, [rows, 1, out] biases), so that one batched matmul per layer
+evaluates every member, and the gradient, each Adam operation and a Polyak average are one
+operation on one tensor rather than one per layer and member. The members keep their own
+modules and optimisers: `Copies` copies their tensors into the stack before stacked work and
+back after it, so that everything else a run does sees what it would see alone.
+`StackedAdam` is torch.optim.Adam's algorithm with each member's own step count, its moments
+and counts copied from and to the members' optimisers.
 """
 
 from __future__ import annotations
