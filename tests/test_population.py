@@ -349,9 +349,15 @@ class _EachOnItsOwn:
 
     @classmethod
     def fit(cls, stack, parts):
-        cls.calls.append(("fit", len(parts)))
+        """(Given the parts in the slots of a stack built for more members, with None in
+        the others' slots; a result per slot.)"""
+        cls.calls.append(("fit", sum(part is not None for part in parts)))
         totals = []
-        for model, epoch in parts:
+        for part in parts:
+            if part is None:
+                totals.append(None)
+                continue
+            model, epoch = part
             total = torch.zeros(())
             for idx in epoch.idx:
                 loss = model._objective(*(None if t is None else t[idx] for t in (
@@ -369,11 +375,12 @@ class _EachOnItsOwn:
         for kind in ("act", "sac", "disc", "dual", "fit"):
             entry = population_module._STACKED[kind]
             monkeypatch.setitem(population_module._STACKED, kind, dataclasses.replace(
-                entry, build=lambda parts, graph: None, run=getattr(cls, kind)))
+                entry, build=lambda parts, graph, kind=kind: cls.calls.append(
+                    (f"build {kind}", len(parts))), run=getattr(cls, kind)))
 
 
 @pytest.mark.parametrize("fits", [(), ("model.max_epochs=8", "model.patience=2",
-                                  "model.steps_per_epoch=2")])
+                                  "model.steps_per_epoch=3")])
 def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, monkeypatch):
     """With stack_seeds, each round of actions, of SAC blocks and of TOM's discriminator and
     dual trainings is one call with every member's part, and each model-fit epoch one call
@@ -383,43 +390,50 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, m
     tests/test_stacked_model.py). With early stopping (the second case) members' fits stop
     after different numbers of epochs; the members ahead then wait for the others, so that
     the next rounds again stack them all."""
-    results, fit_epochs = {}, []
+    results, fits_done = {}, []
     for seed in (0, 1, 2):  # each built right before its run, which starts from its seed
         trainer = Trainer(_cfg(seed, overrides=fits))
-        epochs = []
-        trainer.model.fit = _recording_epochs(trainer.model.fit, epochs)
+        fits_done.append(_recording_fits(trainer.model))
         results[seed] = (trainer.run(), _parameters(trainer))
-        fit_epochs.append(epochs)
         updates, rounds = trainer.agent.num_updates, trainer.objective.rounds
         acting = trainer.total_steps - trainer.cfg.schedule.init_steps
     _EachOnItsOwn.install(monkeypatch)
     population = Population()
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED + fits)))
                 for seed in (0, 1, 2)]
+    stacked_fits = [_recording_fits(trainer.model) for trainer in trainers]
     for seed, trainer, result in zip((0, 1, 2), trainers, population.run(), strict=True):
         single, single_params = results[seed]
         _assert_same_rows(result, single)
         for p, q in zip(single_params, _parameters(trainer), strict=True):
             assert torch.equal(p, q)
+    assert stacked_fits == fits_done  # each fit's epochs and training loss
     blocks = updates // _cfg(0).schedule.update_block
     calls = _EachOnItsOwn.calls
     assert [n for kind, n in calls if kind == "sac"] == [3] * blocks
     assert [n for kind, n in calls if kind == "dual"] == [3] * rounds and rounds > 0
     assert [n for kind, n in calls if kind == "disc"] == [3] * rounds
     assert [n for kind, n in calls if kind == "act"] == [3] * acting and acting > 0
-    # Per refit, epoch k is one call of the members whose fits reach it.
-    expected = [sum(e > k for e in refit) for refit in zip(*fit_epochs, strict=True)
-                for k in range(max(refit))]
+    # Per refit, epoch k is one call of the members whose fits reach it, all through one
+    # stack of the three.
+    expected = [sum(e > k for e, _ in refit) for refit in zip(*fits_done, strict=True)
+                for k in range(max(e for e, _ in refit))]
     assert [n for kind, n in calls if kind == "fit"] == expected
     assert (min(expected) < 3) == bool(fits)
+    assert [n for kind, n in calls if kind == "build fit"] == [3]
 
 
-def _recording_epochs(fit, epochs: list[int]):
+def _recording_fits(model) -> list[tuple[int, float]]:
+    """(epochs, training loss) of each of ``model``'s fits from now on, in a list."""
+    done, fit = [], model.fit
+
     def recording(*args, **kwargs):
         result = fit(*args, **kwargs)
-        epochs.append(result.epochs)
+        done.append((result.epochs, result.train_loss))
         return result
-    return recording
+
+    model.fit = recording
+    return done
 
 
 def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):

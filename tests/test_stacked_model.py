@@ -131,5 +131,28 @@ def test_stacked_fit_refuses_what_it_cannot_stack():
     stack = StackedFit([mdn])
     idx = torch.zeros(2, 1, 4, dtype=torch.long)
     epoch = FitEpoch(idx, torch.zeros(5, 5), torch.zeros(5, 4), None, None, None)
-    with pytest.raises(ValueError, match="one FitEpoch of one shape and loss form per member"):
+    with pytest.raises(ValueError, match=r"one FitEpoch \(or None, but not all\) of one "):
         stack.train([epoch, epoch])
+    with pytest.raises(ValueError, match=r"one FitEpoch \(or None, but not all\) of one "):
+        stack.train([None])
+
+
+def test_members_without_an_epoch_are_left_as_they_are():
+    """A stack of three where the middle member takes no part (its fit stopped sooner): the
+    others' epochs are their own, and its model and Adam state are untouched."""
+    kept = []
+    for seed in (0, 1, 2):
+        model = new_model("ensemble", seed, max_epochs=1, steps_per_epoch=5, batch_size=32)
+        model.fit(linear_data(ROWS, seed))  # (Adam's state exists, as it does in a refit)
+        torch.manual_seed(20 + seed)
+        kept.append(fit_epochs(model, linear_data(ROWS, seed))[0])
+    befores = [before for before, *_ in kept]
+    untouched = {k: v.clone() for k, v in flat_state(befores[1]).items()}
+    totals = StackedFit(befores).train([kept[0][1], None, kept[2][1]])
+    for i in (0, 2):
+        torch.testing.assert_close(totals[i], kept[i][3], **TOL)
+        want = flat_state(kept[i][2])
+        for key, value in flat_state(befores[i]).items():
+            torch.testing.assert_close(value, want[key], **TOL, msg=key)
+    for key, value in flat_state(befores[1]).items():
+        assert torch.equal(value, untouched[key]), key

@@ -101,8 +101,8 @@ class Population:
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
         self._failure: BaseException | None = None
-        # (StackedSAC etc., the objects it was built for), by kind and those objects' ids
-        self._stacks: dict[tuple, tuple[Any, tuple]] = {}
+        # (StackedSAC etc., the objects it was built for per slot), by kind and their ids
+        self._stacks: dict[tuple, tuple[Any, list[tuple]]] = {}
         self._stack_stream: Any = None  # torch.cuda.Stream of the stacked work on a GPU
 
     def add(self, build: Callable[[], Trainer], **run_options: Any) -> Trainer:
@@ -298,24 +298,16 @@ class Population:
         """One kind's stacked work for ``requests``; on a GPU on the population's own stream,
         after what the members queued and before what they queue next."""
         kind = _STACKED[requests[0].kind]
-        # A stack per set of members: the same one each round (on a GPU it holds the CUDA
-        # graphs), and another where only some members do this kind of work this time.
-        owners = tuple(obj for r in requests for obj in kind.owners(r.part))
-        key = (requests[0].kind, *map(id, owners))
-        cached = self._stacks.get(key) if kind.reuse else None
-        if cached is not None:
-            stack = cached[0]
-        else:
-            stack = kind.build([r.part for r in requests], members[0].trainer.cfg.cuda_graph)
-            if kind.reuse:  # the owners kept with it, so that their ids are not reused
-                self._stacks[key] = stack, owners
+        stack, parts, slots = self._stack(requests[0].kind, [r.part for r in requests],
+                                          members[0].trainer.cfg.cuda_graph)
         stream = self._stack_stream
         if stream is None:
-            return kind.run(stack, [r.part for r in requests])[0]
+            results = kind.run(stack, parts)[0]
+            return [results[slot] for slot in slots]
         for m in members:
             stream.wait_stream(m.stream)
         with torch.cuda.stream(stream):
-            results, outputs = kind.run(stack, [r.part for r in requests])
+            results, outputs = kind.run(stack, parts)
         for request in requests:  # read on that stream: not reused before it ran
             for tensor in request.inputs:
                 tensor.record_stream(stream)
@@ -323,7 +315,36 @@ class Population:
             m.stream.wait_stream(stream)
             for tensor in outputs:
                 tensor.record_stream(m.stream)
-        return results
+        return [results[slot] for slot in slots]
+
+    def _stack(self, name: str, parts: list[tuple], graph: bool
+               ) -> tuple[Any, list[tuple | None], list[int]]:
+        """The stack of kind ``name`` for ``parts``, the parts in its slots, and each part's
+        slot (`_Stacked.run` gives a result per slot). A stack is
+        kept per set of members: the same one each round (on a GPU it holds the CUDA graphs),
+        and another where only some members do this kind of work this time. For a kind that
+        runs some of its members' slots (model-fit epochs: members' fits stop after different
+        numbers of epochs), a stack of more members serves, with None in the others' slots;
+        so a stack per subset is not built, each with its own graphs and memory."""
+        kind = _STACKED[name]
+        owners = [kind.owners(part) for part in parts]
+        in_order = list(range(len(parts)))
+        if not kind.reuse:
+            return kind.build(parts, graph), parts, in_order
+        key = (name, *(id(obj) for each in owners for obj in each))
+        if key in self._stacks:
+            return self._stacks[key][0], parts, in_order
+        for (cached_name, *_), (stack, held) in self._stacks.items():
+            if kind.slots and cached_name == name:
+                slots = [_slot(each, held) for each in owners]
+                if None not in slots:
+                    placed: list[tuple | None] = [None] * len(held)
+                    for slot, part in zip(slots, parts, strict=True):
+                        placed[slot] = part
+                    return stack, placed, slots
+        stack = kind.build(parts, graph)
+        self._stacks[key] = stack, owners  # the owners kept, so that their ids are not reused
+        return stack, parts, in_order
 
 
 # Where each kind of stacked work comes in a run (`Trainer.run_steps`): with
@@ -342,6 +363,15 @@ class _Stacked:
     build: Callable[[list[tuple], bool], Any]
     run: Callable[[Any, list[tuple]], tuple[list[Any], list[torch.Tensor]]]
     reuse: bool = True  # False: the owners are new each time (a refit's discriminators)
+    slots: bool = False  # True: `run` takes None in the slots of members not taking part
+
+
+def _slot(owners: tuple, held: list[tuple]) -> int | None:
+    """Where ``owners`` are in a stack built for ``held`` (per slot), by identity."""
+    for slot, each in enumerate(held):
+        if len(each) == len(owners) and all(a is b for a, b in zip(each, owners, strict=True)):
+            return slot
+    return None
 
 
 def _shapes(tensors: list[torch.Tensor]) -> tuple:
@@ -370,8 +400,9 @@ def _run_dual(stack: StackedDual, parts: list[tuple]) -> tuple[list[Any], list[t
     return list(losses), [losses]
 
 
-def _run_fit(stack: StackedFit, parts: list[tuple]) -> tuple[list[Any], list[torch.Tensor]]:
-    totals = stack.train([epoch for _, epoch in parts])
+def _run_fit(stack: StackedFit, parts: list[tuple | None]
+             ) -> tuple[list[Any], list[torch.Tensor]]:
+    totals = stack.train([None if part is None else part[1] for part in parts])
     return list(totals.unbind(0)), [totals]
 
 
@@ -408,7 +439,7 @@ _STACKED = {
                                part[1].tensors()),
         owners=lambda part: (part[0], part[0]._optimizer),
         build=lambda parts, graph: StackedFit([p[0] for p in parts], cuda_graph=graph),
-        run=_run_fit),
+        run=_run_fit, slots=True),
 }
 
 

@@ -75,17 +75,24 @@ class StackedFit:
         self._cuda_graph = cuda_graph
         self._forms: dict[tuple[bool, bool, bool], _Form] = {}
 
-    def train(self, epochs: list[FitEpoch]) -> Tensor:
+    def train(self, epochs: list[FitEpoch | None]) -> Tensor:
         """Member i's epoch ``epochs[i]``, for every member at once; the members' models and
-        optimisers hold the result. Returns each member's summed minibatch losses, [P]."""
+        optimisers hold the result. A member with None takes no part: its rows compute on
+        another member's minibatches, and its model and optimiser are left as they are.
+        Returns each member's summed minibatch losses, [P] (for a member with None, any
+        number)."""
+        taking_part = {i for i, e in enumerate(epochs) if e is not None}
+        given = [e for e in epochs if e is not None]
         shapes = {(tuple(e.idx.shape), e.x.shape[1:], e.y.shape[1:], e.pattern())
-                  for e in epochs}
+                  for e in given}
         if len(epochs) != self.members or len(shapes) != 1:
-            raise ValueError(f"StackedFit.train needs one FitEpoch of one shape and loss form "
-                             f"per member ({self.members}); got {len(epochs)} of forms "
+            raise ValueError(f"StackedFit.train needs one FitEpoch (or None, but not all) of "
+                             f"one shape and loss form per member ({self.members}); got "
+                             f"{len(epochs)} with {len(given)} FitEpochs of forms "
                              f"{sorted(map(str, shapes))}")
-        form = self._form(epochs[0].pattern())
-        steps = len(epochs[0].idx)
+        epochs = [given[0] if e is None else e for e in epochs]
+        form = self._form(given[0].pattern())
+        steps = len(given[0].idx)
         totals = torch.zeros(self.members, device=form.net.flat.device)
         form.copies.load()
         for lo in range(0, steps, self.STEPS_PER_STACK):  # [c, P·M, batch, ·] a slice at a time
@@ -97,7 +104,7 @@ class StackedFit:
                 if tensors[0] is not None]
             for u in range(len(idx[0])):
                 totals.add_(form.step(*(t[u] for t in gathered)))
-        form.copies.store()
+        form.copies.store(taking_part)
         return totals
 
     def _form(self, pattern: tuple[bool, bool, bool]) -> _Form:

@@ -102,34 +102,40 @@ def actor_sample(layers: list[tuple[Tensor, Tensor]], obs: Tensor, noise: Tensor
 
 class Copies:
     """Stack views and the member tensors they hold: `load` copies members into the stack,
-    `store` the stack back into members."""
+    `store` the stack back into members (all, or some: the others' rows then hold whatever
+    the stacked work left there, and the next `load` overwrites it)."""
 
     def __init__(self) -> None:
-        self._both: tuple[list[Tensor], list[Tensor]] = ([], [])
-        self._load_only: tuple[list[Tensor], list[Tensor]] = ([], [])
-        self._store_only: tuple[list[Tensor], list[Tensor]] = ([], [])
+        # (member, stack view, member tensor) triples, by direction
+        self._both: list[tuple[int, Tensor, Tensor]] = []
+        self._load_only: list[tuple[int, Tensor, Tensor]] = []
+        self._store_only: list[tuple[int, Tensor, Tensor]] = []
 
     def add(self, views: list[list[Tensor]], members: list[list[Tensor]], load: bool = True,
             store: bool = True) -> None:
-        """Pairs ``views[k][i]``, ``members[k][i]``; ``store=False``: a network the stacked
-        work only reads; ``load=False``: written back only."""
+        """Pairs ``views[k][i]``, ``members[k][i]`` (member i's); ``store=False``: a network
+        the stacked work only reads; ``load=False``: written back only."""
         pairs = (self._both if load and store else self._load_only if load
                  else self._store_only)
         for vs, ms in zip(views, members, strict=True):
-            pairs[0].extend(vs)
-            pairs[1].extend(ms)
+            pairs.extend((i, v, m) for i, (v, m) in enumerate(zip(vs, ms, strict=True)))
 
     @torch.no_grad()
     def load(self) -> None:
-        for stack, members in (self._both, self._load_only):
-            if stack:
-                torch._foreach_copy_(stack, members)
+        _copy([(v, m) for _, v, m in self._both + self._load_only])
 
     @torch.no_grad()
-    def store(self) -> None:
-        for stack, members in (self._both, self._store_only):
-            if stack:
-                torch._foreach_copy_(members, stack)
+    def store(self, members: set[int] | None = None) -> None:
+        """Into every member, or into ``members`` (their indices) only."""
+        _copy([(m, v) for i, v, m in self._both + self._store_only
+               if members is None or i in members])
+
+
+def _copy(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """dst.copy_(src) for each (dst, src), in one foreach operation."""
+    if pairs:
+        dst, src = zip(*pairs, strict=True)
+        torch._foreach_copy_(list(dst), list(src))
 
 
 class StackedAdam:
