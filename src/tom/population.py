@@ -32,6 +32,8 @@ each epoch of their model fits (`tom.stacked_model`; early stopping stays each m
 A member that reaches such work draws its part's random inputs in its own turn and waits,
 passing the turn, until every active member has its part waiting (`tom.turns.together`);
 the last one to arrive runs them all as one, on a GPU on a stream of the population's own.
+Where members are out of step (their fits stopped after different numbers of epochs), only
+the parts of those furthest behind run, and the others wait to be stacked with them later.
 Members then equal their single runs only to rounding. Such members always run in threads.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
