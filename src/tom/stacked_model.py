@@ -77,8 +77,9 @@ class StackedFit:
 
     def train(self, epochs: list[FitEpoch | None]) -> Tensor:
         """Member i's epoch ``epochs[i]``, for every member at once; the members' models and
-        optimisers hold the result. A member with None takes no part: its rows compute on
-        another member's minibatches, and its model and optimiser are left as they are.
+        optimisers hold the result. A member with None takes no part: its model and
+        optimiser are neither read nor written (its rows compute on another member's
+        minibatches, and what they hold is loaded afresh when it next takes part).
         Returns each member's summed minibatch losses, [P] (for a member with None, any
         number)."""
         taking_part = {i for i, e in enumerate(epochs) if e is not None}
@@ -94,7 +95,7 @@ class StackedFit:
         form = self._form(given[0].pattern())
         steps = len(given[0].idx)
         totals = torch.zeros(self.members, device=form.net.flat.device)
-        form.copies.load()
+        form.copies.load(taking_part)
         for lo in range(0, steps, self.STEPS_PER_STACK):  # [c, P·M, batch, ·] a slice at a time
             idx = [e.idx[lo:lo + self.STEPS_PER_STACK] for e in epochs]
             gathered = [

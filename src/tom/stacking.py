@@ -102,8 +102,10 @@ def actor_sample(layers: list[tuple[Tensor, Tensor]], obs: Tensor, noise: Tensor
 
 class Copies:
     """Stack views and the member tensors they hold: `load` copies members into the stack,
-    `store` the stack back into members (all, or some: the others' rows then hold whatever
-    the stacked work left there, and the next `load` overwrites it)."""
+    `store` the stack back into members. Either for all members or for some: the others'
+    rows are then neither read nor written back (in a population on a GPU, such a member
+    may be writing its tensors on its own stream meanwhile), and hold whatever the stacked
+    work leaves there until the next `load` of them."""
 
     def __init__(self) -> None:
         # (member, stack view, member tensor) triples, by direction
@@ -121,8 +123,10 @@ class Copies:
             pairs.extend((i, v, m) for i, (v, m) in enumerate(zip(vs, ms, strict=True)))
 
     @torch.no_grad()
-    def load(self) -> None:
-        _copy([(v, m) for _, v, m in self._both + self._load_only])
+    def load(self, members: set[int] | None = None) -> None:
+        """From every member, or from ``members`` (their indices) only."""
+        _copy([(v, m) for i, v, m in self._both + self._load_only
+               if members is None or i in members])
 
     @torch.no_grad()
     def store(self, members: set[int] | None = None) -> None:
