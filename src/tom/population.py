@@ -322,12 +322,12 @@ class Population:
     def _stack(self, name: str, parts: list[tuple], graph: bool
                ) -> tuple[Any, list[tuple | None], list[int]]:
         """The stack of kind ``name`` for ``parts``, the parts in its slots, and each part's
-        slot (`_Stacked.run` gives a result per slot). A stack is
-        kept per set of members: the same one each round (on a GPU it holds the CUDA graphs),
-        and another where only some members do this kind of work this time. For a kind that
-        runs some of its members' slots (model-fit epochs: members' fits stop after different
-        numbers of epochs), a stack of more members serves, with None in the others' slots;
-        so a stack per subset is not built, each with its own graphs and memory."""
+        slot (`_Stacked.run` gives a result per slot). A stack is kept per set of members:
+        the same one each round (on a GPU it holds the CUDA graphs), and another where only
+        some members do this kind of work this time. For a kind that runs some of its
+        members' slots (model-fit epochs: members' fits stop after different numbers of
+        epochs), a stack of more members serves, with None in the others' slots, rather than
+        a stack per subset, each with graphs and memory of its own."""
         kind = _STACKED[name]
         owners = [kind.owners(part) for part in parts]
         in_order = list(range(len(parts)))
