@@ -156,3 +156,15 @@ def test_members_without_an_epoch_are_left_as_they_are():
             torch.testing.assert_close(value, want[key], **TOL, msg=key)
     for key, value in flat_state(befores[1]).items():
         assert torch.equal(value, untouched[key]), key
+
+
+def test_a_model_whose_parameters_took_different_adam_steps_is_refused():
+    """After a mean-only fit the MDN's learned noise has taken no Adam step (it has no
+    gradient there) while the rest has: one step count per member cannot stand for that."""
+    model = new_model("mdn", 0, max_epochs=1, steps_per_epoch=3, batch_size=32)
+    data = linear_data(ROWS, 0)
+    model.fit(data, dim_weights=torch.ones(ROWS, 4))
+    StackedFit([model])._form((False, True, False))  # mean-only: the noise is left out
+    with pytest.raises(ValueError, match=r"model optimiser of member\(s\) \[0\] the "
+                                         r"parameters have taken different numbers of steps"):
+        StackedFit([model])._form((False, False, False))

@@ -169,6 +169,14 @@ class StackedAdam:
                        [[state[key] for state in per_tensor] for per_tensor in states])
         # A member's optimiser counts steps per parameter, all equal: loaded from its first
         # parameter's, stored to each.
+        counts = torch.stack([torch.stack([state["step"].to("cpu", torch.float64)
+                                           for state in per_member])
+                              for per_member in zip(*states, strict=True)])  # [member, tensor]
+        uneven = torch.nonzero((counts != counts[:, :1]).any(1)).flatten().tolist()
+        if uneven:
+            raise ValueError(f"StackedAdam keeps one step count per member, but in the {name} "
+                             f"optimiser of member(s) {uneven} the parameters have taken "
+                             f"different numbers of steps ({counts[uneven[0]].tolist()})")
         steps = list(self.step.unbind(0))
         copies.add([steps], [[state["step"] for state in states[0]]])
         copies.add([steps] * (len(states) - 1),
