@@ -320,10 +320,14 @@ def test_stacked_sac_on_cuda_matches_each_members_own_blocks(cuda_graph):
 
 
 @cuda
-def test_stacked_seeds_on_cuda_are_reproducible():
+@pytest.mark.parametrize("fits", [[], ["model.max_epochs=8", "model.patience=2",
+                                       "model.steps_per_epoch=3"]])
+def test_stacked_seeds_on_cuda_are_reproducible(fits):
     """Seeds in threads and streams with ``stack_seeds`` and graphs: the stacked block runs on
     the population's own stream, between the members' work. Run twice, every member's
-    returns are the same: a race between streams would make them differ."""
+    returns are the same: a race between streams would make them differ. With early stopping
+    (the second case), members' fits can stop after different numbers of epochs, and the
+    fit's stack then runs some of its members only."""
     from tom.population import Population
 
     returns = []
@@ -332,7 +336,7 @@ def test_stacked_seeds_on_cuda_are_reproducible():
         for seed in range(3):
             population.add(lambda seed=seed: Trainer(resolve(
                 "hopper", "tom", seed=seed, preset="smoke", device="cuda",
-                overrides=["stack_seeds=true"])))
+                overrides=["stack_seeds=true", *fits])))
         results = population.run()
         returns.append([[row["return_mean"] for row in r.metrics] for r in results])
         assert all(math.isfinite(x) for r in returns[-1] for x in r)
