@@ -159,6 +159,16 @@ def test_graphed_agent_resumes_a_checkpoint_exactly():
     assert resumed.num_updates == straight.num_updates == 12
 
 
+def _fit_data(task, n: int = 600) -> tuple[Transition, torch.Tensor]:
+    """``n`` random transitions of ``task``'s sizes on the GPU, and random weights."""
+    g = torch.Generator().manual_seed(4)
+    obs = torch.randn(n, task.obs_dim, generator=g)
+    data = Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
+                      torch.randn(n, generator=g), obs + 0.1 * torch.randn(
+                          n, task.obs_dim, generator=g), torch.zeros(n)).to("cuda")
+    return data, torch.rand(n, generator=g).cuda()
+
+
 @cuda
 @pytest.mark.parametrize("kind,graph_steps", [("mdn", 1), ("ensemble", 1), ("mdn", 4)])
 def test_graphed_model_fit_matches_eager(kind, graph_steps):
@@ -168,13 +178,7 @@ def test_graphed_model_fit_matches_eager(kind, graph_steps):
     cfg = resolve("hopper", "mle", preset="smoke").model
     cfg.kind, cfg.hidden_size, cfg.max_epochs, cfg.steps_per_epoch = kind, 32, 4, 10
     task = get_task("hopper")
-    g = torch.Generator().manual_seed(4)
-    n = 600
-    obs = torch.randn(n, task.obs_dim, generator=g)
-    data = Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
-                      torch.randn(n, generator=g), obs + 0.1 * torch.randn(
-                          n, task.obs_dim, generator=g), torch.zeros(n)).to("cuda")
-    weights = torch.rand(n, generator=g).cuda()
+    data, weights = _fit_data(task)
     results = {}
     for graphed in (False, True):
         torch.manual_seed(0)
@@ -398,13 +402,7 @@ def test_stacked_fit_epochs_on_cuda_match_each_members_own(kind, cuda_graph):
     cfg = resolve("hopper", "mle", preset="smoke").model
     cfg.kind, cfg.hidden_size, cfg.max_epochs, cfg.steps_per_epoch = kind, 32, 1, 12
     task = get_task("hopper")
-    g = torch.Generator().manual_seed(4)
-    n = 600
-    obs = torch.randn(n, task.obs_dim, generator=g)
-    data = Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
-                      torch.randn(n, generator=g), obs + 0.1 * torch.randn(
-                          n, task.obs_dim, generator=g), torch.zeros(n)).to("cuda")
-    weights = torch.rand(n, generator=g).cuda()
+    data, weights = _fit_data(task)
     kept = []
     for seed in range(3):
         torch.manual_seed(seed)
