@@ -69,28 +69,27 @@ def replay_buffer(size: int, obs_dim: int, act_dim: int, device: str) -> ReplayB
 
 
 class _EpochTimes:
-    """`tom.turns.Turns` for timing the epochs of a fit: each epoch's own steps (``alone``)
-    are timed; with ``keep``, what its drawing draws ahead (`FitEpoch`) is also kept, and
-    the time the drawing takes. The random state is put back after the drawing, so that the
-    fit itself goes on as alone."""
+    """`tom.turns.Turns` that times each epoch of a fit (its own steps, ``alone``) and keeps
+    what its drawing draws ahead (`FitEpoch`) and the time that takes. The random state is
+    put back after the drawing, so that the fit itself goes on as alone."""
 
-    def __init__(self, keep: bool) -> None:
-        self.keep, self.alone, self.drawing = keep, 0.0, 0.0
+    def __init__(self) -> None:
+        self.alone: list[float] = []
+        self.drawing: list[float] = []
         self.epochs: list[FitEpoch] = []
 
     def pass_turn(self) -> None:
         pass
 
     def together(self, kind, alone, part):
-        if self.keep:
-            state = rng_state()
-            start = _now()
-            self.epochs.append(part()[1])
-            self.drawing += _now() - start
-            set_rng_state(state)
+        state = rng_state()
+        start = _now()
+        self.epochs.append(part()[1])
+        self.drawing.append(_now() - start)
+        set_rng_state(state)
         start = _now()
         out = alone()
-        self.alone += _now() - start
+        self.alone.append(_now() - start)
         return out
 
 
@@ -103,22 +102,26 @@ def _now() -> float:
 def fit_epoch_times(models: list[DynamicsModel], data: Transition, weights: torch.Tensor,
                     repeats: int, graph: bool) -> tuple[float, float]:
     """Median seconds of the P members' fit epochs one after another, and as one (their
-    drawing included); each repeat is one one-epoch fit of each member, then its epoch again,
-    stacked, from where that fit left it."""
+    drawing included). Each repeat is a two-epoch fit of each member, of which the second
+    epoch is timed (the first captures the fit's CUDA graphs on a GPU), then that epoch again,
+    stacked, from where the fit left it."""
     own, stacked, stack = [], [], None
     for _ in range(repeats + 1):  # the first: warm-up (and Adam's state, which a stack needs)
-        times = _EpochTimes(keep=True)
+        times = _EpochTimes()
         turns.register(times)
         try:
             for model in models:
                 model.fit(data, weights)
         finally:
             turns.register(None)
+        if len(times.epochs) != 2 * len(models):
+            raise RuntimeError(f"a fit stopped early: {len(times.epochs)} epochs for "
+                               f"{len(models)} fits of 2")
         stack = stack or StackedFit(models, cuda_graph=graph)
         start = _now()
-        stack.train(times.epochs)
-        own.append(times.alone)
-        stacked.append(_now() - start + times.drawing)
+        stack.train(times.epochs[1::2])
+        own.append(sum(times.alone[1::2]))
+        stacked.append(_now() - start + sum(times.drawing[1::2]))
     return statistics.median(own[1:]), statistics.median(stacked[1:])
 
 
@@ -144,7 +147,8 @@ def main() -> None:
     task = get_task(args.env)
     cfg = resolve(args.env, "tom", preset="paper", device=args.device,
                   overrides=[f"tom.dual_steps={args.dual_steps}",
-                             f"tom.disc_passes={args.disc_passes}", "model.max_epochs=1",
+                             f"tom.disc_passes={args.disc_passes}", "model.max_epochs=2",
+                             "model.patience=2",
                              *([f"model.kind={args.model}"] if args.model else [])])
     graph = args.device == "cuda"
     o, a = task.obs_dim, task.act_dim
