@@ -506,8 +506,10 @@ class DynamicsModel(nn.Module, ABC):
             # Relative to |best| because an NLL may be negative; nan never counts as better.
             improved = (best - losses) / best.abs().clamp_min(1e-8) > cfg.min_improvement
             best = torch.where(improved, losses, best)
-            for view, saved in zip(views, snapshot, strict=True):
-                saved[improved] = view[improved]
+            for view, saved in zip(views, snapshot, strict=True):  # (a mask index would
+                # wait for the GPU: it counts the mask's True entries on the host)
+                saved.copy_(torch.where(improved.view(-1, *[1] * (view.dim() - 1)), view,
+                                        saved))
             history.append(losses.mean().item())
             since = 0 if bool(improved.any()) else since + 1
             if since >= cfg.patience:
