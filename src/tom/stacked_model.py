@@ -124,7 +124,11 @@ class StackedFit:
             copies.add(net.member_views(net.flat), net.members)
             adam = StackedAdam(net, [m._optimizer for m in self.models], copies, "model")
             net.flat.requires_grad_(True)
-            form = _Form(names, net, copies, adam)
+            # The layers' weights and biases, in order: the MDN's Linear layers' (body.k.*,
+            # head.*), the ensemble's weights.k and biases.k.
+            weights = [n for n in names if n.endswith("weight") or n.startswith("weights.")]
+            biases = [n for n in names if n.endswith("bias") or n.startswith("biases.")]
+            form = _Form(names, weights, biases, net, copies, adam)
             form.step = GraphedStep(lambda *inputs: self._fit_step(form, pattern, *inputs),
                                     enabled=self._cuda_graph)
             self._forms[pattern] = form
@@ -137,12 +141,10 @@ class StackedFit:
         given = iter(weights)
         w, dw, ndw = (next(given) if present else None for present in pattern)
         views = dict(zip(form.names, form.net.stacked(form.net.flat), strict=True))
-        if self.mdn:  # Linear layers' weights and biases, in order
-            weight_views = [v for name, v in views.items() if name.endswith("weight")]
-            bias_views = [v[:, None] for name, v in views.items() if name.endswith("bias")]
-        else:
-            weight_views = [v for name, v in views.items() if name.startswith("weights.")]
-            bias_views = [v for name, v in views.items() if name.startswith("biases.")]
+        weight_views = [views[name] for name in form.weights]
+        bias_views = [views[name] for name in form.biases]
+        if self.mdn:  # an nn.Linear bias [P, out] -> [P, 1, out]
+            bias_views = [b[:, None] for b in bias_views]
         h = mlp(list(zip(weight_views, bias_views, strict=True)), x, F.silu)
         if self.mdn:
             # [P, 1] ('shared') or [P, out_dim] ('per-dim'); absent: a mean-only fit's
@@ -196,9 +198,12 @@ class StackedFit:
 @dataclass
 class _Form:
     """The stack of one form of the fit's loss: the members' parameters it trains (by name,
-    in its flat tensor's order), their copies, Adam, and its step (graphed on a GPU)."""
+    in its flat tensor's order), their layers, their copies, Adam, and its step (graphed on a
+    GPU)."""
 
     names: list[str]
+    weights: list[str]  # the names of the layers' weights, in order
+    biases: list[str]  # and of their biases
     net: FlatStack
     copies: Copies
     adam: StackedAdam

@@ -125,21 +125,25 @@ class Copies:
     @torch.no_grad()
     def load(self, members: set[int] | None = None) -> None:
         """From every member, or from ``members`` (their indices) only."""
-        _copy([(v, m) for i, v, m in self._both + self._load_only
-               if members is None or i in members])
+        _copy(self._both + self._load_only, members, into_stack=True)
 
     @torch.no_grad()
     def store(self, members: set[int] | None = None) -> None:
         """Into every member, or into ``members`` (their indices) only."""
-        _copy([(m, v) for i, v, m in self._both + self._store_only
-               if members is None or i in members])
+        _copy(self._both + self._store_only, members, into_stack=False)
 
 
-def _copy(pairs: list[tuple[Tensor, Tensor]]) -> None:
-    """dst.copy_(src) for each (dst, src), in one foreach operation."""
-    if pairs:
-        dst, src = zip(*pairs, strict=True)
-        torch._foreach_copy_(list(dst), list(src))
+def _copy(triples: list[tuple[int, Tensor, Tensor]], members: set[int] | None,
+          into_stack: bool) -> None:
+    """Stack view from member tensor (``into_stack``) or back, for the triples of
+    ``members`` (None: all), in one foreach operation."""
+    views, tensors = [], []
+    for i, view, tensor in triples:
+        if members is None or i in members:
+            views.append(view)
+            tensors.append(tensor)
+    if views:
+        torch._foreach_copy_(*((views, tensors) if into_stack else (tensors, views)))
 
 
 class StackedAdam:
