@@ -11,6 +11,7 @@ import json
 import signal
 import threading
 import time
+import types
 
 import numpy as np
 import pandas as pd
@@ -114,7 +115,7 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
 
     def recording(self, member):
         caller = next(f.function for f in inspect.stack(context=0)[1:]
-                      if f.function == "_member_thread"
+                      if f.function == "_member_run"
                       or not f.filename.endswith(("population.py", "turns.py")))
         passes.append(([m.trainer for m in self.members].index(member.trainer), caller))
         original(self, member)
@@ -122,7 +123,7 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     monkeypatch.setattr(Population, "_pass_turn", recording)
     population.run()
     assert {where for _, where in passes} == {
-        "_member_thread", "_sac_block", "epoch_alone", "_train_discriminator_alone",
+        "_member_run", "_sac_block", "epoch_alone", "_train_discriminator_alone",
         "_shaping_reward", "_train_dual_alone"}
     for member in (0, 1):  # per refit: one pass after the discriminator, 1 inside it, 3 dual
         count = [where for who, where in passes if who == member].count
@@ -181,6 +182,39 @@ def test_ctrl_c_in_the_caller_ends_members_in_threads(monkeypatch):
         signal.signal(signal.SIGINT, previous)
     assert not any(t.name.startswith("tom population") for t in threading.enumerate())
     assert all(t.env_steps < t.total_steps for t in trainers)
+
+
+class _GradModeRun:
+    """A `Trainer` stand-in whose real steps run in a grad mode of its own, passing the turn
+    (a yield of `Trainer.run_steps`) inside it; records the mode it finds after each turn."""
+
+    device = torch.device("cpu")
+    cfg = types.SimpleNamespace(stack_seeds=False)
+    env_steps = 0
+    result = None
+
+    def __init__(self, grad: bool) -> None:
+        self.grad, self.seen = grad, []
+
+    def run_steps(self):
+        for _ in range(3):
+            with torch.set_grad_enabled(self.grad):
+                yield
+                self.seen.append(torch.is_grad_enabled())
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_each_member_keeps_its_grad_mode_across_turns(threads):
+    """Grad mode is per thread in torch: members as coroutines of one thread must each get
+    theirs back at their turn (else a member in `torch.no_grad` would turn off the others'
+    gradients), and the caller's is restored after the run."""
+    population = Population(threads=threads)
+    runs = [population.add(lambda grad=grad: _GradModeRun(grad)) for grad in (False, True)]
+    with torch.no_grad():
+        population.run()
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert [run.seen for run in runs] == [[False] * 3, [True] * 3]
 
 
 class _StopAfter:
@@ -379,9 +413,11 @@ class _EachOnItsOwn:
                     (f"build {kind}", len(parts))), run=getattr(cls, kind)))
 
 
+@pytest.mark.parametrize("threads", [None, True])  # coroutines in this thread; threads
 @pytest.mark.parametrize("fits", [(), ("model.max_epochs=8", "model.patience=2",
                                   "model.steps_per_epoch=3")])
-def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, monkeypatch):
+def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, threads,
+                                                                          monkeypatch):
     """With stack_seeds, each round of actions, of SAC blocks and of TOM's discriminator and
     dual trainings is one call with every member's part, and each model-fit epoch one call
     with the part of every member whose fit goes on; the members' runs are their single
@@ -389,7 +425,8 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, m
     itself: tests/test_stacked_sac.py, tests/test_stacked_tom.py,
     tests/test_stacked_model.py). With early stopping (the second case) members' fits stop
     after different numbers of epochs; the members ahead then wait for the others, so that
-    the next rounds again stack them all."""
+    the next rounds again stack them all. The same whether the members are coroutines in
+    this thread (the default on a CPU) or threads (on a GPU)."""
     results, fits_done = {}, []
     for seed in (0, 1, 2):  # each built right before its run, which starts from its seed
         trainer = Trainer(_cfg(seed, overrides=fits))
@@ -398,7 +435,7 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, m
         updates, rounds = trainer.agent.num_updates, trainer.objective.rounds
         acting = trainer.total_steps - trainer.cfg.schedule.init_steps
     _EachOnItsOwn.install(monkeypatch)
-    population = Population()
+    population = Population(threads=threads)
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED + fits)))
                 for seed in (0, 1, 2)]
     stacked_fits = [_recording_fits(trainer.model) for trainer in trainers]
@@ -461,11 +498,18 @@ def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):
 
 def test_stacked_members_train_with_the_stacked_updates():
     """The real stack: every round is one update of all members, each member's agent has
-    taken its single run's number of updates, and the runs differ from each other."""
-    population = Population()
-    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
-                for seed in (0, 1)]
-    results = population.run()
+    taken its single run's number of updates, and the runs differ from each other. Members
+    in threads compute exactly what members as coroutines in this thread do."""
+    runs = {}
+    for threads in (False, True):
+        population = Population(threads=threads)
+        trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
+                    for seed in (0, 1)]
+        runs[threads] = population.run(), [_parameters(t) for t in trainers]
+    results = runs[False][0]
+    assert [_untimed(r) for r in results] == [_untimed(r) for r in runs[True][0]]
+    for ours, theirs in zip(runs[False][1], runs[True][1], strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
     single = Trainer(_cfg(0))
     single_result = single.run()
     for trainer, result in zip(trainers, results, strict=True):
@@ -474,10 +518,6 @@ def test_stacked_members_train_with_the_stacked_updates():
         assert result.metrics[-1].keys() == single_result.metrics[-1].keys()
         assert all(np.isfinite(v) for v in result.metrics[-1].values())
     assert _untimed(results[0]) != _untimed(results[1])
-    threads_off = Population(threads=False)
-    threads_off.add(lambda: Trainer(_cfg(0, overrides=STACKED)))
-    with pytest.raises(ValueError, match=r"Population\(threads=False\) is not allowed with "):
-        threads_off.run()
     mixed = Population()
     for overrides in (STACKED, ()):
         mixed.add(lambda overrides=overrides: Trainer(_cfg(0, overrides=overrides)))

@@ -11,8 +11,8 @@ from tom import turns
 class _Recorder:
     """A population's `Turns` that records where the turn was passed."""
 
-    def __init__(self, log: list) -> None:
-        self.log = log
+    def __init__(self, log: list, passes: bool = True) -> None:
+        self.log, self.passes = log, passes
 
     def pass_turn(self) -> None:
         self.log.append("pass")
@@ -44,6 +44,19 @@ def test_outside_a_population_the_loop_runs_at_once():
     assert turns.in_turns(_steps(log), 25) == 25
     assert log == list(range(1, 26))
     turns.pass_turn_every(10)  # nothing registered: nothing happens
+
+
+def test_where_runs_pass_the_turn_only_between_real_steps_loops_run_at_once():
+    """Members as coroutines of one thread (on a CPU) pass no turn inside their steps."""
+    log: list = []
+    turns.register(_Recorder(log, passes=False))
+    try:
+        assert turns.in_turns(_steps(log), 25) == 25
+        turns.pass_turn_every(10)
+        turns.pass_turn()
+    finally:
+        turns.register(None)
+    assert log == list(range(1, 26))
 
 
 def test_in_a_population_the_turn_passes_every_ten_steps_and_at_the_end(log):

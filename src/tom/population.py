@@ -19,11 +19,13 @@ while this member's runs. Measured on one H100 (before the passes every 10 steps
 help; the GPU runs the members' small kernels at once only partly (at most 3.7 SAC updates
 in the time of one, benchmarks/graph_streams.py) and was busy 82 % of the time with one
 member or ten (benchmarks/RESULTS.md). Grad mode and the current stream are per thread,
-so each member keeps its own. On a CPU there is nothing to overlap, and threads cost: OpenMP
-gives each calling thread its own team of workers, which on 2 cores made members 40 % slower
-(benchmarks/RESULTS.md). There the members take turns in the caller's thread, one real step
-each, by default; ``threads=True`` forces threads (the tests check both ways on a CPU). On a
-GPU members always run in threads: only that way is checked there against single runs.
+so each member keeps its own. On a CPU there is nothing to overlap, and threads cost: once
+more than one thread has called MKL's matrix product, each call from the others takes about
+1.5× as long on 2 cores (benchmarks/RESULTS.md). There the members are coroutines
+(greenlets) in the caller's thread by default, passing the turn only after each real step
+and where they wait for each other's stacked work; ``threads=True`` forces threads (the
+tests check both ways on a CPU). On a GPU members always run in threads: only that way is
+checked there against single runs.
 
 With ``stack_seeds`` (a config key, the same for every member) the members also do some of
 their work as one, with a member axis: each real step's action and their blocks of SAC
@@ -34,7 +36,7 @@ passing the turn, until every active member has its part waiting (`tom.turns.tog
 the last one to arrive runs them all as one, on a GPU on a stream of the population's own.
 Where members are out of step (their fits stopped after different numbers of epochs), only
 the parts of those furthest behind run, and the others wait to be stacked with them later.
-Members then equal their single runs only to rounding. Such members always run in threads.
+Members then equal their single runs only to rounding.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
@@ -45,11 +47,13 @@ threads, each at its next turn) and is raised by `run`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import greenlet
 import torch
 
 from tom import turns
@@ -69,8 +73,9 @@ class _Member:
     rng: dict[str, Any]  # the CPU generators' states while another member holds the turn
     stream: Any = None  # torch.cuda.Stream on a GPU
     cuda_rng: torch.Generator | None = None  # its own state object of the CUDA generator
-    steps: Any = None  # Trainer.run_steps, taking turns in the caller's thread
+    grad: bool = True  # its grad mode while another member holds the turn
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    coroutine: greenlet.greenlet | None = None  # where it runs in the caller's thread
     outcome: TrainResult | BaseException | None = None
     request: _Request | None = None  # its part of stacked work, waiting for the others'
 
@@ -96,12 +101,15 @@ class Population:
     """Runs added with `add`, then `run` together."""
 
     def __init__(self, threads: bool | None = None) -> None:
-        """``threads``: each member in a thread of its own (see above); None: exactly where
-        the members are on a GPU, or stack their work (there it must not be False)."""
+        """``threads``: each member in a thread of its own, else a coroutine in the caller's
+        thread (see above); None: threads exactly where the members are on a GPU (there it
+        must not be False)."""
         self.threads = threads
         self.stack_seeds = False
         self.members: list[_Member] = []
         self._active: list[_Member] = []  # changed only by the member holding the turn
+        self._in_threads = False
+        self._next: _Member | None = None  # the coroutine to switch to when one has ended
         self._failure: BaseException | None = None
         # (StackedSAC etc., the objects it was built for per slot), by kind and their ids
         self._stacks: dict[tuple, tuple[Any, list[tuple]]] = {}
@@ -131,25 +139,21 @@ class Population:
             raise ValueError("members with stack_seeds true and false are not allowed together: "
                              "their work is stacked for all members or for none")
         self.stack_seeds = stacking == {True}
-        if self.stack_seeds and self.threads is False:
-            raise ValueError("Population(threads=False) is not allowed with stack_seeds: "
-                             "members wait for each other's work in threads of their own; "
-                             "leave threads at None or True")
         if self.threads is False and on_gpu:
             raise ValueError(
                 "Population(threads=False) is not allowed with members on a GPU: only members "
                 "in threads are checked there against their single runs (tests/test_cuda.py), "
                 "and in one thread they would overlap less; leave threads at None or True")
-        threads = on_gpu or self.stack_seeds if self.threads is None else self.threads
+        self._in_threads = on_gpu if self.threads is None else self.threads
         if self.stack_seeds and on_gpu:
             self._stack_stream = torch.cuda.Stream(self.members[0].trainer.device)
-        outer = rng_state()
+        outer, outer_grad = rng_state(), torch.is_grad_enabled()
         outer_cuda = {gen: gen.graphsafe_get_state() for gen in
                       {_cuda_generator(m.trainer.device) for m in self.members
                        if m.cuda_rng is not None}}
         self._active, self._failure, self._stacks = list(self.members), None, {}
         try:
-            if threads:
+            if self._in_threads:
                 self._run_in_threads()
             else:
                 self._run_in_this_thread()
@@ -160,42 +164,34 @@ class Population:
             for gen, state in outer_cuda.items():
                 gen.graphsafe_set_state(state)
             set_rng_state(outer)
+            torch.set_grad_enabled(outer_grad)
         if self._failure is not None:
             raise self._failure
         return [m.outcome for m in self.members]
 
-    # -- in the caller's thread: one real step per turn --------------------------------------
+    # -- where the members run: coroutines in the caller's thread, or threads ---------------
 
     def _run_in_this_thread(self) -> None:
+        """Each member a greenlet of this thread; one that ends returns here, and the next
+        active member takes the turn."""
         for member in self.members:
-            member.steps = member.trainer.run_steps(**member.run_options)
-        while self._active:
-            for member in list(self._active):
-                if not self._step(member):
-                    self._active.remove(member)
-
-    @staticmethod
-    def _step(member: _Member) -> bool:
-        """One real step of ``member`` in its random state and stream; False once it ended."""
-        _resume(member)
-        stream = (torch.cuda.stream(member.stream) if member.stream is not None
-                  else contextlib.nullcontext())
+            member.coroutine = greenlet.greenlet(functools.partial(self._member_run, member))
+        self._next = self._active[0] if self._active else None
         try:
-            with stream:
-                next(member.steps)
-            return True
-        except StopIteration:
-            member.outcome = member.trainer.result
-        except (NumericalFault, Interrupted) as stopped:
-            member.outcome = stopped
-        finally:
-            _suspend(member)
-        return False
+            self._switch_to_next()
+        except BaseException as err:  # raised here, between members: every member ends
+            if self._failure is None:
+                self._failure = err
+            self._switch_to_next()
+            raise
 
-    # -- a thread per member, passing the turn inside steps too -------------------------------
+    def _switch_to_next(self) -> None:
+        while self._next is not None:
+            member, self._next = self._next, None
+            member.coroutine.switch()
 
     def _run_in_threads(self) -> None:
-        threads = [threading.Thread(target=self._member_thread, args=(member,), daemon=True,
+        threads = [threading.Thread(target=self._member_run, args=(member,), daemon=True,
                                     name=f"tom population member {i}")
                    for i, member in enumerate(self.members)]
         try:
@@ -216,10 +212,12 @@ class Population:
             while thread.is_alive():  # in short waits, so that signal handlers run
                 thread.join(0.2)
 
-    def _member_thread(self, member: _Member) -> None:
-        member.go.acquire()
+    def _member_run(self, member: _Member) -> None:
+        """``member``'s run, in its thread or coroutine, from its first turn."""
+        if self._in_threads:
+            member.go.acquire()
         _resume(member)
-        turns.register(_Turns(self, member))
+        turns.register(_Turns(self, member, passes=self._in_threads))
         stream = (torch.cuda.stream(member.stream) if member.stream is not None
                   else contextlib.nullcontext())
         try:
@@ -245,8 +243,11 @@ class Population:
         following = active[(active.index(member) + 1) % len(active)]
         if following is not member:
             _suspend(member)
-            following.go.release()
-            member.go.acquire()
+            if self._in_threads:
+                following.go.release()
+                member.go.acquire()
+            else:
+                following.coroutine.switch()  # back here when a member switches to this one
             _resume(member)
         if self._failure is not None:
             raise _Cancelled
@@ -255,8 +256,13 @@ class Population:
         """``member`` ended while holding the turn: the next one takes it."""
         i = self._active.index(member)
         del self._active[i]
-        if self._active:
-            self._active[i % len(self._active)].go.release()
+        if not self._active:
+            return
+        following = self._active[i % len(self._active)]
+        if self._in_threads:
+            following.go.release()
+        else:
+            self._next = following  # switched to once this coroutine has returned
 
     # -- the members' work as one (stack_seeds) -----------------------------------------------
 
@@ -459,23 +465,27 @@ def _cpu_rng_state() -> dict[str, Any]:
 
 
 def _resume(member: _Member) -> None:
-    """Put ``member``'s random state in place, before its turn."""
+    """Put ``member``'s random state and grad mode in place, before its turn."""
     set_rng_state(member.rng)
+    torch.set_grad_enabled(member.grad)
     if member.cuda_rng is not None:
         _cuda_generator(member.trainer.device).graphsafe_set_state(member.cuda_rng)
 
 
 def _suspend(member: _Member) -> None:
-    """Keep ``member``'s random state, after its turn (its CUDA state object keeps itself)."""
+    """Keep ``member``'s random state and grad mode, after its turn (its CUDA state object
+    keeps itself)."""
     member.rng = _cpu_rng_state()
+    member.grad = torch.is_grad_enabled()
 
 
 @dataclass
 class _Turns:
-    """`tom.turns.Turns` for one member's thread."""
+    """`tom.turns.Turns` for one member's thread or coroutine."""
 
     population: Population
     member: _Member
+    passes: bool
 
     def pass_turn(self) -> None:
         self.population._pass_turn(self.member)

@@ -22,8 +22,8 @@ the refits overlap is expected, not yet measured.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -33,7 +33,9 @@ STEPS_PER_TURN = 10
 
 
 class Turns(Protocol):
-    """What `tom.population` registers for the thread of one of its runs."""
+    """What `tom.population` registers for one of its runs (in its thread or coroutine)."""
+
+    passes: bool  # whether `pass_turn` inside steps passes the turn (in threads, on a GPU)
 
     def pass_turn(self) -> None: ...
 
@@ -41,14 +43,15 @@ class Turns(Protocol):
                  ) -> Any: ...
 
 
-_thread = threading.local()
+_turns: ContextVar[Turns | None] = ContextVar("tom_turns", default=None)
+"""Per thread, and per greenlet (each has a context of its own): the run it is."""
 
 
 def pass_turn() -> None:
     """Let the other runs of this thread's population take a turn, then continue; outside a
     population, nothing."""
-    turns: Turns | None = getattr(_thread, "turns", None)
-    if turns is not None:
+    turns = _turns.get()
+    if turns is not None and turns.passes:
         turns.pass_turn()
 
 
@@ -60,13 +63,14 @@ def together(kind: str, alone: Callable[[], T], part: Callable[[], tuple]) -> T:
     (`tom.stacked_tom`); "fit", an epoch of the model's fit (`tom.stacked_model`).
     ``part`` is called in this run's turn: it draws what the work needs from this run's
     random state."""
-    turns: Turns | None = getattr(_thread, "turns", None)
+    turns = _turns.get()
     return alone() if turns is None else turns.together(kind, alone, part)
 
 
 def register(turns: Turns | None) -> None:
-    """Make ``turns`` what `pass_turn` calls in the current thread (None: nothing)."""
-    _thread.turns = turns
+    """Make ``turns`` what `pass_turn` calls in the current thread or greenlet (None:
+    nothing)."""
+    _turns.set(turns)
 
 
 def in_turns(run: Callable[[int], T], count: int, granule: int = 1) -> T:
@@ -74,8 +78,8 @@ def in_turns(run: Callable[[int], T], count: int, granule: int = 1) -> T:
     population, as runs of about `STEPS_PER_TURN` steps, a multiple of ``granule`` (``run``'s
     steps per graph launch), with the turn passed after each. The same steps in the same
     order either way; returns the last step's output."""
-    turns: Turns | None = getattr(_thread, "turns", None)
-    if turns is None or count <= 0:
+    turns = _turns.get()
+    if turns is None or not turns.passes or count <= 0:
         return run(count)
     chunk = -(-STEPS_PER_TURN // granule) * granule
     for start in range(0, count, chunk):
