@@ -155,10 +155,12 @@ def test_an_unexpected_error_ends_every_member_and_is_raised(monkeypatch, thread
     assert all(t.env_steps < t.total_steps for t in trainers)
 
 
-def test_ctrl_c_in_the_caller_ends_members_in_threads(monkeypatch):
+@pytest.mark.parametrize("threads", [False, True])
+def test_ctrl_c_in_the_caller_ends_every_member(monkeypatch, threads):
     """KeyboardInterrupt in the thread that called `run` (Ctrl-C without tom's signal
-    handlers): each member ends at its next turn and `run` raises it, leaving no thread."""
-    population = Population(threads=True)
+    handlers; as coroutines, raised in the member running then): each member ends at its
+    next turn and `run` raises it, leaving no thread."""
+    population = Population(threads=threads)
     trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed))) for seed in (0, 1)]
     refit = trainers[1]._refit
 
