@@ -264,8 +264,8 @@ class RunConfig:
                            "and model-fit epochs as one, with a member axis (tom.stacked_sac, "
                            "tom.stacked_tom, tom.stacked_model); equal to each seed's own "
                            "up to rounding only. On 2 CPU cores 5 seeds made 1.32x one run's "
-                           "throughput (benchmarks/RESULTS.md). A seed alone is then a "
-                           "population of one")
+                           "throughput with 2 threads, 1.07x with 1 (benchmarks/RESULTS.md). "
+                           "A seed alone is then a population of one")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
