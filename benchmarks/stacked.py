@@ -77,6 +77,7 @@ class _EpochTimes:
         self.alone: list[float] = []
         self.drawing: list[float] = []
         self.epochs: list[FitEpoch] = []
+        self.passes = False  # no other runs: loops run at once, as alone
 
     def pass_turn(self) -> None:
         pass

@@ -31,6 +31,7 @@ class _Epochs:
 
     kept: list[tuple[DynamicsModel, FitEpoch, DynamicsModel, torch.Tensor]] = field(
         default_factory=list)
+    passes: bool = False  # no other runs: loops run at once, as alone
 
     def pass_turn(self) -> None:
         pass

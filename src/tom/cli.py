@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="P runs (seeds 0..P-1) in one process, in turns (as `tom train "
                     "--seeds`); real steps/s are per run")
     be.add_argument("--steps-per-turn", type=int, metavar="N",
-                    help="with --seeds: inner steps a run queues per turn in its model fit, "
+                    help="with --seeds on a GPU (where runs are threads): inner steps a run "
+                    "queues per turn in its model fit, "
                     f"discriminator and dual loops (default {STEPS_PER_TURN}; 0: a turn per "
                     "whole loop, as before tom.turns.in_turns), to measure the choice")
     be.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
