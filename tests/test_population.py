@@ -508,9 +508,9 @@ def test_stacked_members_train_with_the_stacked_updates():
         trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
                     for seed in (0, 1)]
         runs[threads] = population.run(), [_parameters(t) for t in trainers]
-    results = runs[False][0]
-    assert [_untimed(r) for r in results] == [_untimed(r) for r in runs[True][0]]
-    for ours, theirs in zip(runs[False][1], runs[True][1], strict=True):
+    results = runs[True][0]  # of ``trainers``, the last ones built
+    assert [_untimed(r) for r in results] == [_untimed(r) for r in runs[False][0]]
+    for ours, theirs in zip(runs[True][1], runs[False][1], strict=True):
         assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
     single = Trainer(_cfg(0))
     single_result = single.run()
