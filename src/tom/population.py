@@ -179,9 +179,10 @@ class Population:
         self._next = self._active[0] if self._active else None
         try:
             self._switch_to_next()
-        except BaseException as err:  # raised here, between members: every member ends
+        except BaseException as err:  # raised here, between members: each ends at its turn
             if self._failure is None:
                 self._failure = err
+            self._next = self._active[0] if self._active else None
             self._switch_to_next()
             raise
 
