@@ -35,6 +35,7 @@ from tom.checkpoint import env_state, rng_state, set_env_state, set_rng_state
 from tom.config import RunConfig
 from tom.dynamics import DynamicsModel, make_model
 from tom.envs import get_task, make_env
+from tom.evaluation import Evaluation
 from tom.interrupt import Interrupted, StopRequest
 from tom.objectives import (
     Objective,
@@ -92,9 +93,9 @@ class Trainer:
         sch = cfg.schedule
         task = get_task(cfg.env)
         self.env = make_env(cfg.env, seed=cfg.seed, max_episode_steps=sch.max_episode_steps)
-        # Evaluation episodes come from their own environment and seed stream.
-        self.eval_env = make_env(cfg.env, seed=cfg.seed + 10_000,
-                                 max_episode_steps=sch.max_episode_steps)
+        # Evaluation episodes come from environments and a seed stream of their own.
+        self.evaluation = Evaluation(cfg.env, cfg.seed + 10_000, sch.eval_episodes,
+                                     sch.max_episode_steps)
         obs_dim, act_dim = task.obs_dim, task.act_dim
         self.total_steps = sch.epochs * sch.epoch_length
         self.real = ReplayBuffer(self.total_steps, obs_dim, act_dim, self.device)
@@ -206,7 +207,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "real": self.real.state_dict(), "imagined": self.imagined.state_dict(),
             "env": env_state(self.env),
-            "eval_env_rng": self.eval_env.unwrapped.np_random.bit_generator.state,
+            "eval_env_rng": self.evaluation.rng.bit_generator.state,
             "rng": rng_state(),
             "obs": self.obs, "env_steps": self.env_steps, "model_fitted": self.model_fitted,
             "epoch": self.epoch, "epoch_step": self.epoch_step,
@@ -223,7 +224,7 @@ class Trainer:
         self.real.load_state_dict(state["real"])
         self.imagined.load_state_dict(state["imagined"])
         set_env_state(self.env, state["env"])
-        self.eval_env.unwrapped.np_random.bit_generator.state = state["eval_env_rng"]
+        self.evaluation.rng.bit_generator.state = state["eval_env_rng"]
         set_rng_state(state["rng"])
         self.obs = None if state["obs"] is None else state["obs"].to(self.device)
         self.env_steps, self.model_fitted = state["env_steps"], state["model_fitted"]
@@ -367,21 +368,17 @@ class Trainer:
         self.times["sac"] += time.perf_counter() - t0
         return block
 
+    def _eval_actions(self, obs: Tensor) -> Tensor:
+        """The deterministic actions for a batch of evaluation observations, on the host."""
+        return together(  # in a population that stacks its runs' work, as one
+            "eval", lambda: self.agent.act(obs, deterministic=True).cpu(),
+            lambda: (self.agent, obs))
+
     @torch.no_grad()
     def _evaluate(self, epoch: int, epoch_updates: int, epoch_time: float, wall: float
                   ) -> dict[str, float]:
         t0 = time.perf_counter()
-        returns, lengths = [], []
-        for _ in range(self.cfg.schedule.eval_episodes):
-            obs, _ = self.eval_env.reset()
-            total, steps, done = 0.0, 0, False
-            while not done:
-                act = self.agent.act(torch.as_tensor(obs, dtype=torch.float32,
-                                                     device=self.device), deterministic=True)
-                obs, reward, terminated, truncated, _ = self.eval_env.step(act.cpu().numpy())
-                total, steps, done = total + float(reward), steps + 1, terminated or truncated
-            returns.append(total)
-            lengths.append(steps)
+        returns, lengths = self.evaluation.run(self._eval_actions, self.device)
         self.times["eval"] += time.perf_counter() - t0
         row: dict[str, float] = {
             "env_steps": self.env_steps, "epoch": epoch + 1,

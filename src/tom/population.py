@@ -84,7 +84,7 @@ class _Member:
 class _Request:
     """A member's part of work done with the other members' parts as one (stack_seeds)."""
 
-    kind: str  # what `turns.together` was called with: "act", "sac", "disc", "dual", "fit"
+    kind: str  # what `turns.together` was called with: "act", "eval", "sac", "disc", ...
     part: tuple  # what the stacked work takes from this member
     key: tuple  # parts of equal keys (kind and shapes) are done together
     inputs: list[torch.Tensor]  # the tensors of the part, which the stacked work reads
@@ -310,12 +310,16 @@ class Population:
         stack, parts, slots = self._stack(requests[0].kind, [r.part for r in requests],
                                           members[0].trainer.cfg.cuda_graph)
         stream = self._stack_stream
+        # With grad on whatever the grad mode of the member that runs it (one evaluating, in
+        # `torch.no_grad`, may run the others' model-fit epochs): a kind that needs none
+        # turns it off itself.
         if stream is None:
-            results = kind.run(stack, parts)[0]
+            with torch.enable_grad():
+                results = kind.run(stack, parts)[0]
             return [results[slot] for slot in slots]
         for m in members:
             stream.wait_stream(m.stream)
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), torch.enable_grad():
             results, outputs = kind.run(stack, parts)
         for request in requests:  # read on that stream: not reused before it ran
             for tensor in request.inputs:
@@ -358,8 +362,9 @@ class Population:
 
 # Where each kind of stacked work comes in a run (`Trainer.run_steps`): with
 # `Trainer.env_steps` = e, the refit after real step e (the discriminator, the dual, the
-# model fit's epochs), then its SAC block, then the action of real step e + 1.
-_ORDER = ("disc", "dual", "fit", "sac", "act")
+# model fit's epochs), then its SAC block, then (after an epoch's last step) the steps of its
+# evaluation, then the action of real step e + 1.
+_ORDER = ("disc", "dual", "fit", "sac", "eval", "act")
 
 
 @dataclass(frozen=True)
@@ -398,6 +403,12 @@ def _run_act(stack: StackedPolicy, parts: list[tuple]) -> tuple[list[Any], list[
     return list(actions), []  # on the host
 
 
+def _run_eval(stack: StackedPolicy, parts: list[tuple | None]
+              ) -> tuple[list[Any], list[torch.Tensor]]:
+    actions = stack.act_deterministic([None if part is None else part[1] for part in parts])
+    return actions, []  # on the host
+
+
 def _run_disc(stack: StackedDiscriminator, parts: list[tuple]
               ) -> tuple[list[Any], list[torch.Tensor]]:
     stack.train([work for *_, work in parts])
@@ -415,7 +426,8 @@ def _run_fit(stack: StackedFit, parts: list[tuple | None]
     return list(totals.unbind(0)), [totals]
 
 
-# "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "sac":
+# "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "eval":
+# (agent, obs), a step of the evaluation episodes' deterministic actions (the same); "sac":
 # (agent, batches, noise) (`tom.stacked_sac`); "disc": (discriminator, optimiser, TOM config,
 # work), "dual": (objective, agent, work) (`tom.stacked_tom`); "fit": (dynamics model, its
 # fit's epoch) (`tom.stacked_model`).
@@ -425,6 +437,11 @@ _STACKED = {
         owners=lambda part: (part[0],),
         build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
         run=_run_act),
+    "eval": _Stacked(  # members whose episodes have all ended take no part: their slots None
+        describe=lambda part: (("eval", _shapes(part[1:])), list(part[1:])),
+        owners=lambda part: (part[0],),
+        build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
+        run=_run_eval, slots=True),
     "sac": _Stacked(
         describe=lambda part: (("sac", _shapes([*part[1], part[2]])), [*part[1], part[2]]),
         owners=lambda part: (part[0],),
