@@ -16,7 +16,8 @@
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
 #      then the same with the runs' work stacked into one (part stacked: stack_seeds=true;
 #      and stacked.py, a SAC block, a dual and a discriminator training and a model-fit
-#      epoch alone), with
+#      epoch alone; and evaluation.py, a run's evaluation with 1 000-step episodes, alone,
+#      of 10 seeds in turns and stacked), with
 #      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
 #      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
 #      20 real steps around a refit under torch.profiler
@@ -105,6 +106,8 @@ part population_graph 90 python3 benchmarks/population.py --device cuda --graph 
     --members 1 2 5 10 20 --repeats 5
 part stacked_work 150 python3 benchmarks/stacked.py --device cuda --members 1 2 5 10 \
     --repeats 5
+part stacked_evaluation 150 python3 benchmarks/evaluation.py --device cuda --threads 2 \
+    --members 1 10 --repeats 3
 for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \

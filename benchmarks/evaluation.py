@@ -1,0 +1,100 @@
+"""What a run's evaluation costs once its episodes last their 1 000 steps, as late in a
+run they do, for one run and for P seeds in one process (in turns, and stacked).
+
+    python benchmarks/evaluation.py --threads 2 [--env halfcheetah] [--members 1 2 5 10]
+        [--repeats 3] [--device cuda]
+
+`tom bench` times an epoch early in a run, whose evaluation episodes are short (a policy
+after one fit falls within a few dozen steps); late in a hopper run each of the epoch's 5
+evaluation episodes lasts 1 000 steps, and every step is a policy call. Here each run's one
+epoch is its evaluation and nothing else (a schedule of one random real step, before any
+fit), at the paper preset's sizes, by default on HalfCheetah, whose episodes always last
+``max_episode_steps``: the real `Trainer` (`tom.evaluation`) and `tom.population` code,
+timed around `Trainer.run` or `Population.run` (building the runs is not timed). Prints
+seconds per evaluation per run, evaluation steps per second per run, and the speed-up per
+run against one run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from tom.config import resolve
+from tom.mbpo import Trainer
+from tom.population import Population
+
+
+def _config(env: str, seed: int, device: str, stacked: bool):
+    return resolve(env, "mle", seed=seed, preset="paper", device=device, overrides=[
+        "schedule.epochs=1", "schedule.epoch_length=1", "schedule.init_steps=2",
+        "rollout.every=1", f"stack_seeds={str(stacked).lower()}"])
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_evaluations(env: str, members: int, device: str, stacked: bool | None
+                     ) -> tuple[float, float]:
+    """Seconds of one evaluation of ``members`` runs, and their evaluation steps per run:
+    alone (None, one run without a population), or a population in turns (False) or
+    stacked (True)."""
+    if stacked is None:
+        trainer = Trainer(_config(env, 0, device, False))
+        _sync(device)
+        start = time.perf_counter()
+        results = [trainer.run()]
+    else:
+        population = Population()
+        for seed in range(members):
+            population.add(lambda seed=seed: Trainer(_config(env, seed, device, stacked)))
+        _sync(device)
+        start = time.perf_counter()
+        results = population.run()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    episodes = _config(env, 0, device, False).schedule.eval_episodes
+    steps = statistics.mean(r.metrics[0]["episode_length"] * episodes for r in results)
+    return seconds, steps
+
+
+def _median(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(s for s, _ in runs), statistics.mean(n for _, n in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="halfcheetah")
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 5, 10])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    probe = _config(args.env, 0, args.device, False).schedule
+    print(f"{args.env}, {probe.eval_episodes} episodes of up to {probe.max_episode_steps} "
+          f"steps per evaluation, device {args.device}, {args.threads} threads; "
+          f"median of {args.repeats}")
+    alone, steps = _median([time_evaluations(args.env, 1, args.device, None)
+                            for _ in range(args.repeats)])
+    print(f"one run alone: {alone:.3f} s per evaluation of {steps:.0f} steps, "
+          f"{steps / alone:.0f} steps/s")
+    print("| runs | how | s per evaluation per run | steps/s per run | per run against alone |")
+    print("| --- | --- | --- | --- | --- |")
+    for members in args.members:
+        for stacked in (False, True):
+            seconds, steps = _median([time_evaluations(args.env, members, args.device, stacked)
+                                      for _ in range(args.repeats)])
+            seconds /= members
+            how = "stacked" if stacked else "in turns"
+            print(f"| {members} | {how} | {seconds:.3f} | {steps / seconds:.0f} | "
+                  f"{alone / seconds:.2f}× |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
