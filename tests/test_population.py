@@ -193,6 +193,7 @@ class _GradModeRun:
     device = torch.device("cpu")
     cfg = types.SimpleNamespace(stack_seeds=False)
     env_steps = 0
+    away = 0.0
     result = None
 
     def __init__(self, grad: bool) -> None:
@@ -477,6 +478,37 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, t
     assert [n for kind, n in calls if kind == "fit"] == expected
     assert (min(expected) < 3) == bool(fits)
     assert [n for kind, n in calls if kind == "build fit"] == [3]
+
+
+@pytest.mark.parametrize("threads", [None, True])
+def test_members_phase_seconds_are_their_own_work_and_their_share_of_the_stacked(
+        threads, monkeypatch):
+    """Each member's phase seconds leave out the other members' turns, and each piece of
+    stacked work counts, shared among the members taking part, in its kind's phase: so the
+    members' phase seconds add up to no more than the population's wall time (before, each
+    member waiting for the others counted their turns), and every member's SAC seconds hold
+    its share of the stacked SAC blocks (slowed here by a sleep)."""
+    _EachOnItsOwn.install(monkeypatch)
+    pause, calls = 0.02, {}
+    for kind, entry in list(population_module._STACKED.items()):
+        def slowed(stack, parts, run=entry.run, kind=kind):
+            calls[kind] = calls.get(kind, 0) + 1
+            if kind == "sac":
+                time.sleep(pause)
+            return run(stack, parts)
+        monkeypatch.setitem(population_module._STACKED, kind,
+                            dataclasses.replace(entry, run=slowed))
+    population = Population(threads=threads)
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, overrides=STACKED)))
+                for seed in (0, 1, 2)]
+    start = time.perf_counter()
+    population.run()
+    wall = time.perf_counter() - start
+    phases = sum(sum(t.times.values()) for t in trainers)
+    assert phases <= wall
+    assert calls["sac"] > 0 and calls["act"] > 0 and calls["eval"] > 0
+    for trainer in trainers:
+        assert trainer.times["sac"] >= calls["sac"] * pause / 3
 
 
 def _recording_fits(model) -> list[tuple[int, float]]:

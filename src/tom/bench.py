@@ -95,15 +95,17 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
 
     With ``population`` > 1, that many runs (seeds 0, 1, ...) take turns in one process
     (`tom.population`): real steps per second are per run (each run's steps over the common
-    wall time), and the phase seconds are the runs' mean. On a GPU, or with stacked work, a
-    phase's seconds then include the other runs' turns taken inside it (`tom.turns`). A
+    wall time), and the phase seconds are the runs' mean: each run's own work in the phase
+    and its share of the stacked work of that phase, not the other runs' turns taken inside
+    it (`tom.population`; on a GPU, the host's time). A
     ``profiler`` is enabled for the timed steps only (on a GPU its times are the host's:
     the waits for the device show in the calls that synchronise). On a GPU,
     ``gpu_busy_percent`` is its busy share over the timed steps (`GpuBusy`).
     ``steps_per_turn`` replaces `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn
     per whole inner loop).
     With ``stack_seeds=true`` among the overrides, the runs' actions, SAC blocks,
-    discriminator and dual steps and model-fit epochs are stacked (also for one run: a
+    discriminator and dual steps, model-fit epochs and evaluation steps are stacked (also
+    for one run: a
     population of one, to compare with its plain work)."""
     torch.set_num_threads(threads)
     if population < 1:
@@ -174,7 +176,8 @@ def format_row(row: dict[str, Any]) -> str:
     runs = (f", {row['population']} runs in turns (per run:)" if row["population"] > 1
             else "")
     if row.get("stack_seeds"):
-        runs += ", their actions, SAC updates, discriminator, dual and model-fit steps stacked"
+        runs += (", their actions, SAC updates, discriminator, dual, model-fit and evaluation "
+                 "steps stacked")
     return (f"{row['env']}/{row['objective']} {row['device']}"
             f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "
             f"{row['threads']} thread(s){runs}, "

@@ -260,8 +260,9 @@ class RunConfig:
                                      "in the same order; fewer launches, but on an H100 10 "
                                      "made runs slower: benchmarks/RESULTS.md)")
     stack_seeds: bool = _f(False, "seeds trained together (`tom train --seeds`, tom.population) "
-                           "do their actions, SAC updates, TOM's discriminator and dual steps "
-                           "and model-fit epochs as one, with a member axis (tom.stacked_sac, "
+                           "do their actions, SAC updates, TOM's discriminator and dual steps, "
+                           "model-fit epochs and evaluation steps as one, with a member axis "
+                           "(tom.stacked_sac, "
                            "tom.stacked_tom, tom.stacked_model); equal to each seed's own "
                            "up to rounding only. On 2 CPU cores 5 seeds made 1.32x one run's "
                            "throughput with 2 threads, 1.07x with 1 (benchmarks/RESULTS.md). "

@@ -120,6 +120,9 @@ class Trainer:
         self.latest: dict[str, float] = {}  # last refit's measurements, carried into metrics
         self.sac_stats: Mapping[str, float] = {}
         self.times: dict[str, float] = defaultdict(float)
+        # Seconds inside this run's phases not spent on its own work: in a population, the
+        # other runs' turns and the stacked work it ran (`tom.population` adds them).
+        self.away = 0.0
         self.result = TrainResult(agent=self.agent)
 
     # -- the schedule -------------------------------------------------------------------------
@@ -243,8 +246,12 @@ class Trainer:
         self.real.add_initial_state(obs)
         return obs
 
+    def _phase_clock(self) -> float:
+        """Seconds on the phase timers' clock: wall time less `away`."""
+        return time.perf_counter() - self.away
+
     def _real_step(self, obs: Tensor) -> Tensor:
-        t0 = time.perf_counter()
+        t0 = self._phase_clock()
         if self.env_steps < self.cfg.schedule.init_steps:
             act = torch.as_tensor(self.env.action_space.sample(), dtype=torch.float32)
         else:
@@ -257,7 +264,7 @@ class Trainer:
                       policy_updates=self.agent.num_updates)
         self.env_steps += 1
         out = self._reset() if terminated or truncated else next_obs
-        self.times["env"] += time.perf_counter() - t0
+        self.times["env"] += self._phase_clock() - t0
         return out
 
     def _refit_due(self) -> bool:
@@ -266,7 +273,7 @@ class Trainer:
 
     def _refit(self) -> None:
         cfg = self.cfg
-        t0 = time.perf_counter()
+        t0 = self._phase_clock()
         if self.model_fitted:  # error on the newest data, measured before the model sees it
             recent = self.real.recent(cfg.tom.recent_window)
             self.latest["model_error_recent"] = self.model.squared_error(recent).mean().item()
@@ -287,15 +294,15 @@ class Trainer:
                         per_dimension_NLL_weights=nll_dim_weights,
                         **{f"objective_statistic_{k}": v
                            for k, v in self.objective.stats().items()})
-        t1 = time.perf_counter()
+        t1 = self._phase_clock()
         fit = self.model.fit(self.real.all(), weights, dim_weights=dim_weights,
                              nll_dim_weights=nll_dim_weights)
         _require_finite("model", self.env_steps, model_training_loss=fit.train_loss,
                         model_holdout_loss=fit.holdout_loss)
         self.model_fitted = True
-        t2 = time.perf_counter()
+        t2 = self._phase_clock()
         self._rollouts(start_weights)
-        t3 = time.perf_counter()
+        t3 = self._phase_clock()
         self.times["objective"] += t1 - t0
         self.times["model"] += t2 - t1
         self.times["rollout"] += t3 - t2
@@ -326,7 +333,7 @@ class Trainer:
             obs = step.next_obs[alive]
 
     def _sac_block(self) -> int:
-        t0 = time.perf_counter()
+        t0 = self._phase_clock()
         sch, sac = self.cfg.schedule, self.cfg.sac
         # Truncated, as MBPO's and the paper's code: 256 · 0.05 = 12.8 gives 12 real rows.
         n_real = int(sac.batch_size * self.cfg.rollout.real_ratio)
@@ -365,7 +372,7 @@ class Trainer:
         pass_turn()  # in a population, the next member's step runs while this block does
         _require_finite("sac", self.env_steps,
                         **{f"SAC_{k.replace('_', ' ')}": v for k, v in self.sac_stats.items()})
-        self.times["sac"] += time.perf_counter() - t0
+        self.times["sac"] += self._phase_clock() - t0
         return block
 
     def _eval_actions(self, obs: Tensor) -> Tensor:
@@ -377,9 +384,9 @@ class Trainer:
     @torch.no_grad()
     def _evaluate(self, epoch: int, epoch_updates: int, epoch_time: float, wall: float
                   ) -> dict[str, float]:
-        t0 = time.perf_counter()
+        t0, phase_t0 = time.perf_counter(), self._phase_clock()
         returns, lengths = self.evaluation.run(self._eval_actions, self.device)
-        self.times["eval"] += time.perf_counter() - t0
+        self.times["eval"] += self._phase_clock() - phase_t0
         row: dict[str, float] = {
             "env_steps": self.env_steps, "epoch": epoch + 1,
             "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),

@@ -36,7 +36,13 @@ passing the turn, until every active member has its part waiting (`tom.turns.tog
 the last one to arrive runs them all as one, on a GPU on a stream of the population's own.
 Where members are out of step (their fits stopped after different numbers of epochs), only
 the parts of those furthest behind run, and the others wait to be stacked with them later.
-Members then equal their single runs only to rounding.
+Members then equal their single runs only to rounding. The steps of the members'
+evaluations are stacked too (`tom.evaluation`): a member whose episodes have all ended
+waits for the others at its next action.
+
+Each member's phase timers (`Trainer.times`) leave out the other members' turns taken
+inside its phases, and count each piece of stacked work, shared among the members taking
+part, in the phase of its kind: the members' phase seconds add up to at most the wall time.
 
 A member that stops (a `NumericalFault`, or `Interrupted` after a signal, each member
 checkpointing first as a single run does) leaves the others running; `run` returns each
@@ -49,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +81,7 @@ class _Member:
     stream: Any = None  # torch.cuda.Stream on a GPU
     cuda_rng: torch.Generator | None = None  # its own state object of the CUDA generator
     grad: bool = True  # its grad mode while another member holds the turn
+    suspended_at: float | None = None  # when its last turn ended (perf_counter)
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     coroutine: greenlet.greenlet | None = None  # where it runs in the caller's thread
     outcome: TrainResult | BaseException | None = None
@@ -280,16 +288,21 @@ class Population:
                                             (member.trainer.env_steps, _ORDER.index(kind)))
         while not request.done:
             if all(m.request is not None for m in self._active):
-                self._run_waiting()
+                self._run_waiting(member)
             else:
                 self._pass_turn(member)
         return request.result
 
-    def _run_waiting(self) -> None:
+    def _run_waiting(self, runner: _Member) -> None:
         """The waiting parts of the members furthest behind in their runs (all of them, when
-        the members are in step), as one stacked piece of work per key. The members ahead
-        go on waiting, to be stacked with the others when they catch up: members fall out
-        of step where their fits stop after different numbers of epochs."""
+        the members are in step), as one stacked piece of work per key, run by ``runner``.
+        The members ahead go on waiting, to be stacked with the others when they catch up:
+        members fall out of step where their fits stop after different numbers of epochs.
+
+        Its seconds are left out of the runner's phase timers (`Trainer.away`) and shared
+        among the members taking part, in the phase of its kind: so each member's phase
+        seconds are its own work and its share of the stacked work, whatever phase the
+        runner was in (one waiting to act may run the others' model-fit epochs)."""
         behind = min(m.request.position for m in self._active)
         groups: dict[tuple, list[_Member]] = {}
         for m in self._active:
@@ -299,7 +312,12 @@ class Population:
             requests = [m.request for m in members]
             for m in members:
                 m.request = None
+            start = time.perf_counter()
             results = self._run_group(members, requests)
+            seconds = time.perf_counter() - start
+            runner.trainer.away += seconds
+            for m in members:
+                m.trainer.times[_PHASE[requests[0].kind]] += seconds / len(members)
             for request, result in zip(requests, results, strict=True):
                 request.result, request.done = result, True
 
@@ -365,6 +383,9 @@ class Population:
 # model fit's epochs), then its SAC block, then (after an epoch's last step) the steps of its
 # evaluation, then the action of real step e + 1.
 _ORDER = ("disc", "dual", "fit", "sac", "eval", "act")
+# The phase of `Trainer.times` each kind is part of.
+_PHASE = {"disc": "objective", "dual": "objective", "fit": "model", "sac": "sac",
+          "eval": "eval", "act": "env"}
 
 
 @dataclass(frozen=True)
@@ -483,7 +504,10 @@ def _cpu_rng_state() -> dict[str, Any]:
 
 
 def _resume(member: _Member) -> None:
-    """Put ``member``'s random state and grad mode in place, before its turn."""
+    """Put ``member``'s random state and grad mode in place, before its turn; the time since
+    its last turn is left out of its phase timers (`Trainer.away`)."""
+    if member.suspended_at is not None:
+        member.trainer.away += time.perf_counter() - member.suspended_at
     set_rng_state(member.rng)
     torch.set_grad_enabled(member.grad)
     if member.cuda_rng is not None:
@@ -495,6 +519,7 @@ def _suspend(member: _Member) -> None:
     keeps itself)."""
     member.rng = _cpu_rng_state()
     member.grad = torch.is_grad_enabled()
+    member.suspended_at = time.perf_counter()
 
 
 @dataclass
