@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tom import turns
 from tom.envs import TASKS, make_env
 from tom.evaluation import Evaluation
 
@@ -97,3 +98,32 @@ def test_a_tasks_steps_draw_nothing_from_the_evaluation_stream(task):
 def test_evaluation_needs_an_episode():
     with pytest.raises(ValueError, match="at least 1, got 0"):
         Evaluation("hopper", 0, 0, 100)
+
+
+class _Recorder:
+    """A population's `tom.turns.Turns` that notes each turn passed among the policy calls."""
+
+    passes = True
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def pass_turn(self) -> None:
+        self.log.append("pass")
+
+
+def test_in_a_population_an_evaluation_passes_the_turn_every_ten_steps():
+    """As the other long loops of a run (`tom.turns`): after every tenth step of the
+    episodes side by side, one policy call for all of them per step."""
+    log: list = []
+    turns.register(_Recorder(log))
+    try:
+        _, lengths = Evaluation("hopper", 3, 4, 60).run(
+            lambda obs: log.append("call") or rowwise_policy(obs), CPU)
+    finally:
+        turns.register(None)
+    steps = max(lengths)
+    want = []
+    for step in range(1, steps + 1):
+        want += ["call", "pass"] if step % 10 == 0 else ["call"]
+    assert log == want

@@ -102,8 +102,9 @@ def test_a_member_that_fails_leaves_the_others_running(monkeypatch, threads):
 def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     """A member passes the turn after each real step and also inside it, where it would wait
     for its GPU work: after its SAC block, each model-fit epoch, the discriminator's training
-    and the dual's steps, and every 10 steps of those three loops (`tom.turns.STEPS_PER_TURN`;
-    here 12 discriminator steps and 25 dual steps per refit). The next member takes each
+    and the dual's steps, and every 10 steps of those three loops and of its evaluation
+    (`tom.turns.STEPS_PER_TURN`; here 12 discriminator steps and 25 dual steps per refit,
+    `tom.evaluation.Evaluation.run`). The next member takes each
     turn, so members' work overlaps on a GPU; a member that leaves a pass out of one of these
     places fails this test."""
     longer_loops = ("tom.disc_passes=6", "tom.dual_steps=25")  # 6 × 2 minibatches; 10+10+5
@@ -124,14 +125,22 @@ def test_members_pass_the_turn_inside_their_steps_before_waiting(monkeypatch):
     population.run()
     assert {where for _, where in passes} == {
         "_member_run", "_sac_block", "epoch_alone", "_train_discriminator_alone",
-        "_shaping_reward", "_train_dual_alone"}
+        "_shaping_reward", "_train_dual_alone", "run"}
     for member in (0, 1):  # per refit: one pass after the discriminator, 1 inside it, 3 dual
         count = [where for who, where in passes if who == member].count
         assert count("_train_discriminator_alone") == count("_shaping_reward") > 0
         assert count("_train_dual_alone") == 3 * count("_shaping_reward")
+        lengths = [int(row["episode_length"]) for row in trainers[member].result.metrics]
+        assert trainers[member].cfg.schedule.eval_episodes == 1
+        assert count("run") == sum(n // 10 for n in lengths) > 0
     members = [who for who, _ in passes]
-    # Both run to the same end, so they alternate throughout: 0, 1, 0, 1, ...
-    assert members == [i % 2 for i in range(len(members))]
+    # They alternate, 0, 1, 0, 1, ..., until one has ended (their last evaluations may last
+    # different numbers of steps); the other then passes the turn on to itself.
+    end = len(members)
+    while end > 1 and members[end - 1] == members[end - 2]:
+        end -= 1
+    assert members[:end] == [i % 2 for i in range(end)]
+    assert len(members) - end <= trainers[0].cfg.schedule.max_episode_steps // 10 + 1
     steps = trainers[0].total_steps
     assert members.count(0) > steps  # more than once per real step
 

@@ -7,7 +7,9 @@ copy to the host: on a GPU about 0.2 ms each, so late in a run, when episodes la
 side by side, one environment each, and each step is one policy call for all of them: a
 [episodes, obs_dim] batch, always that shape (an episode that has ended keeps its row and
 its last observation, and is no longer stepped), so that each episode's actions depend only
-on its own observations and its row, not on how many others are still running.
+on its own observations and its row, not on how many others are still running. In a
+population whose runs take turns in threads (on a GPU), a run passes the turn every
+`tom.turns.STEPS_PER_TURN` steps of its evaluation, as in its other long loops.
 
 The episodes start where the old one-after-another evaluation started them: the
 environments share one random generator (the first environment's, seeded with the run's
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor
 
 from tom.envs import make_env
+from tom.turns import pass_turn_every
 
 
 class Evaluation:
@@ -56,7 +59,7 @@ class Evaluation:
         on the host."""
         obs = np.stack([env.reset()[0] for env in self.envs])
         returns, lengths = [0.0] * len(self.envs), [0] * len(self.envs)
-        running = list(range(len(self.envs)))
+        running, steps = list(range(len(self.envs))), 0
         while running:
             actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).numpy()
             still = []
@@ -66,5 +69,6 @@ class Evaluation:
                 lengths[k] += 1
                 if not (terminated or truncated):
                     still.append(k)
-            running = still
+            running, steps = still, steps + 1
+            pass_turn_every(steps)  # in a population on a GPU: the others queue work meanwhile
         return returns, lengths

@@ -13,7 +13,7 @@ RESULTS.md: stacked, twenty members' steps cost about what one does). There each
 a thread of its own, with its own CUDA stream, and passes the turn not only after each real
 step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`: after
 its SAC block, each model-fit epoch, the discriminator's and the dual's training) and every
-10 steps of those loops (`tom.turns.in_turns`). The next members then launch their work
+10 steps of those loops and of its evaluation (`tom.turns.in_turns`). The next members then launch their work
 while this member's runs. Measured on one H100 (before the passes every 10 steps), 2, 5 and
 10 members made 1.17×, 1.39× and 1.51× one run's throughput; fewer graph launches did not
 help; the GPU runs the members' small kernels at once only partly (at most 3.7 SAC updates
