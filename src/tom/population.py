@@ -9,23 +9,23 @@ draws exactly what a single run of its seed draws, and its results are that run'
 bit on a CPU (the tests check it).
 
 What it is for: on a GPU one run's steps occupy a small part of the chip (benchmarks/
-RESULTS.md: stacked, twenty members' steps cost about what one does). There each member runs in
-a thread of its own, with its own CUDA stream, and passes the turn not only after each real
-step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`: after
-its SAC block, each model-fit epoch, the discriminator's and the dual's training) and every
-10 steps of those loops and of its evaluation (`tom.turns.in_turns`). The next members then launch their work
-while this member's runs. Measured on one H100 (before the passes every 10 steps), 2, 5 and
-10 members made 1.17×, 1.39× and 1.51× one run's throughput; fewer graph launches did not
-help; the GPU runs the members' small kernels at once only partly (at most 3.7 SAC updates
-in the time of one, benchmarks/graph_streams.py) and was busy 82 % of the time with one
-member or ten (benchmarks/RESULTS.md). Grad mode and the current stream are per thread,
-so each member keeps its own. On a CPU there is nothing to overlap, and threads cost: while
-more than one live thread has called MKL's matrix product (each keeps an OpenMP team of its
-own), every product takes about 1.5× as long on 2 cores (benchmarks/RESULTS.md). There
-the members are coroutines (greenlets) in the caller's thread by default, passing the turn
-only after each real step and where they wait for each other's stacked work;
-``threads=True`` forces threads (the tests check both ways on a CPU). On a GPU members
-always run in threads: only that way is checked there against single runs.
+RESULTS.md: stacked, twenty members' steps cost about what one does). There each member runs
+in a thread of its own, with its own CUDA stream, and passes the turn not only after each
+real step but also where it would otherwise wait for its own kernels (`tom.turns.pass_turn`:
+after its SAC block, each model-fit epoch, the discriminator's and the dual's training) and
+every 10 steps of those loops and of its evaluation (`tom.turns.in_turns`). The next members
+then launch their work while this member's runs. Measured on one H100 (before the passes
+every 10 steps), 2, 5 and 10 members made 1.17×, 1.39× and 1.51× one run's throughput; fewer
+graph launches did not help; the GPU runs the members' small kernels at once only partly (at
+most 3.7 SAC updates in the time of one, benchmarks/graph_streams.py) and was busy 82 % of
+the time with one member or ten (benchmarks/RESULTS.md). Grad mode and the current stream
+are per thread, so each member keeps its own. On a CPU there is nothing to overlap, and
+threads cost: while more than one live thread has called MKL's matrix product (each keeps an
+OpenMP team of its own), every product takes about 1.5× as long on 2 cores
+(benchmarks/RESULTS.md). There the members are coroutines (greenlets) in the caller's thread
+by default, passing the turn only after each real step and where they wait for each other's
+stacked work; ``threads=True`` forces threads (the tests check both ways on a CPU). On a GPU
+members always run in threads: only that way is checked there against single runs.
 
 With ``stack_seeds`` (a config key, the same for every member) the members also do some of
 their work as one, with a member axis: each real step's action and their blocks of SAC

@@ -10,15 +10,14 @@ nothing. Inside one it leaves what the run computes unchanged: each run keeps it
 state, which `tom.population` swaps at every turn.
 
 A run also passes the turn every `STEPS_PER_TURN` steps of its long inner loops (the model
-fit, the discriminator, the dual, the evaluation; `in_turns`, `pass_turn_every`). Why: CUDA queues a bounded
-amount of work per stream, and past it a launch blocks the host until the GPU catches up
-(benchmarks/graph_streams.py: launches of 20-update blocks waited for most of the GPU's
-time). A run that launched a refit's thousand dual steps in one turn then held the turn,
-blocked, for much of its refit's GPU time, and no other run could queue work meanwhile. On
-one H100 ten runs took about what their refits one after another plus their other steps
-overlapped would take (benchmarks/RESULTS.md, sixth session); that these shorter turns let
-the refits overlap is expected, not yet measured.
-"""
+fit, the discriminator, the dual, the evaluation; `in_turns`, `pass_turn_every`). Why: CUDA
+queues a bounded amount of work per stream, and past it a launch blocks the host until the
+GPU catches up (benchmarks/graph_streams.py: launches of 20-update blocks waited for most of
+the GPU's time). A run that launched a refit's thousand dual steps in one turn then held the
+turn, blocked, for much of its refit's GPU time, and no other run could queue work
+meanwhile. On one H100 ten runs took about what their refits one after another plus their
+other steps overlapped would take (benchmarks/RESULTS.md, sixth session); that these shorter
+turns let the refits overlap is expected, not yet measured. """
 
 from __future__ import annotations
 
