@@ -97,16 +97,15 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     (`tom.population`): real steps per second are per run (each run's steps over the common
     wall time), and the phase seconds are the runs' mean: each run's own work in the phase
     and its share of the stacked work of that phase, not the other runs' turns taken inside
-    it (`tom.population`; on a GPU, the host's time). A
-    ``profiler`` is enabled for the timed steps only (on a GPU its times are the host's:
-    the waits for the device show in the calls that synchronise). On a GPU,
+    it (`tom.population`; on a GPU, the host's time). A ``profiler`` is enabled for the
+    timed steps only (on a GPU its times are the host's: the waits for the device show in
+    the calls that synchronise). On a GPU,
     ``gpu_busy_percent`` is its busy share over the timed steps (`GpuBusy`).
     ``steps_per_turn`` replaces `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn
     per whole inner loop).
     With ``stack_seeds=true`` among the overrides, the runs' actions, SAC blocks,
     discriminator and dual steps, model-fit epochs and evaluation steps are stacked (also
-    for one run: a
-    population of one, to compare with its plain work)."""
+    for one run: a population of one, to compare with its plain work)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")

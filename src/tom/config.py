@@ -262,8 +262,8 @@ class RunConfig:
     stack_seeds: bool = _f(False, "seeds trained together (`tom train --seeds`, tom.population) "
                            "do their actions, SAC updates, TOM's discriminator and dual steps, "
                            "model-fit epochs and evaluation steps as one, with a member axis "
-                           "(tom.stacked_sac, "
-                           "tom.stacked_tom, tom.stacked_model); equal to each seed's own "
+                           "(tom.stacked_sac, tom.stacked_tom, tom.stacked_model, "
+                           "tom.evaluation); equal to each seed's own "
                            "up to rounding only. On 2 CPU cores 5 seeds made 1.32x one run's "
                            "throughput with 2 threads, 1.07x with 1 (benchmarks/RESULTS.md). "
                            "A seed alone is then a population of one")
