@@ -47,9 +47,9 @@ DEVIATIONS: tuple[str, ...] = (
     "at softplus(0) ≈ 0.69) by one per target dimension starting at 1e-3.",
     "Evaluation uses `eval_episodes` (paper preset: 5; the paper's code: 10) deterministic "
     "episodes from a separately seeded stream of initial states, played side by side with one "
-    "policy call per step for all of them (`tom.evaluation`): the paper's code plays them one "
-    "after another, which would start them from the same states; a batch's actions differ "
-    "from one observation's in the last bits.",
+    "policy call per step for all of them (`tom.evaluation`). Played one after another, as "
+    "the paper's code plays them, they would start from the same states, and a batch's "
+    "actions differ from one observation's only in the last bits.",
     "The initial steps take uniformly random actions (the paper's code takes them with the "
     "untrained policy) and count towards the real-step budget (the paper's code starts counting "
     "epochs after them, so its Hopper runs take 130 000 real steps, ours 125 000).",
