@@ -12,7 +12,8 @@ fit), at the paper preset's sizes, by default on HalfCheetah, whose episodes alw
 ``max_episode_steps``: the real `Trainer` (`tom.evaluation`) and `tom.population` code,
 timed around `Trainer.run` or `Population.run` (building the runs is not timed). Prints
 seconds per evaluation per run, evaluation steps per second per run, and the speed-up per
-run against one run alone.
+run against one run alone; and how much of a run's evaluation the environments' own steps
+take (on the host, one after another, stacked or not).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from tom.config import resolve
+from tom.envs import make_env
 from tom.mbpo import Trainer
 from tom.population import Population
 
@@ -63,6 +66,23 @@ def time_evaluations(env: str, members: int, device: str, stacked: bool | None
     return seconds, steps
 
 
+def time_environments(env: str, steps: int) -> float:
+    """Seconds of ``steps`` steps of the task's environment alone (zero actions, resets not
+    counted): the part of an evaluation that stacking the policy calls leaves, one step
+    after another on the host."""
+    environment = make_env(env, seed=0)
+    action = np.zeros(environment.action_space.shape, dtype=np.float32)
+    environment.reset()
+    seconds = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = environment.step(action)
+        seconds += time.perf_counter() - start
+        if terminated or truncated:
+            environment.reset()
+    return seconds
+
+
 def _median(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(s for s, _ in runs), statistics.mean(n for _, n in runs)
 
@@ -84,6 +104,10 @@ def main() -> None:
                             for _ in range(args.repeats)])
     print(f"one run alone: {alone:.3f} s per evaluation of {steps:.0f} steps, "
           f"{steps / alone:.0f} steps/s")
+    stepping = statistics.median(time_environments(args.env, round(steps))
+                                 for _ in range(args.repeats))
+    print(f"of which the environments' steps alone: {stepping:.3f} s "
+          f"({1e6 * stepping / steps:.0f} µs each; per run, also in a population)")
     print("| runs | how | s per evaluation per run | steps/s per run | per run against alone |")
     print("| --- | --- | --- | --- | --- |")
     for members in args.members:
