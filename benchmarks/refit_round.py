@@ -97,18 +97,20 @@ def refit_round(args: argparse.Namespace) -> None:
         shaping = obj._shaping_reward
 
         def capture(b, r, shaping=shaping, captured=captured):
-            stats, rho_fn = shaping(b, r)
-            captured["rho"] = rho_fn
-            return stats, rho_fn
+            stats, rho = shaping(b, r)
+            if callable(rho):  # versions before ρ came as a tensor: its function
+                with torch.no_grad():
+                    captured["rho"] = rho(b.all(), r)
+            else:
+                captured["rho"] = rho
+            return stats, rho
 
         obj._shaping_reward = capture
         start = time.perf_counter()
         for _ in range(args.rounds):
             obj.update(RefitContext(buf, agent, state["steps"], 10**9))
         seconds = (time.perf_counter() - start) / args.rounds
-        with torch.no_grad():
-            data = buf.all()
-            rho = captured["rho"](data, recent).double()
+        rho = captured["rho"].double()
         stats = obj.stats()
         fit_ess, fit_ratio, fit_max = _weight_summary(obj.fit_weights(), ages)
         start_ess, start_ratio, start_max = _weight_summary(obj.start_weights(), ages)

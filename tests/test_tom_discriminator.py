@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from tom.buffer import ReplayBuffer, Transition
 from tom.config import TOMConfig
-from tom.objectives.tom import discriminator_statistics, train_discriminator
+from tom.objectives.tom import (
+    discriminator_logits,
+    discriminator_statistics,
+    train_discriminator,
+)
 
 OBS, ACT = 3, 1
 DIM = 2 * OBS + ACT  # rows [s, a, s']
@@ -87,6 +92,54 @@ def test_gradient_penalty_on_the_logit_allows_confident_separation():
     recent = buf.recent_mask(n_new)
     cfg = TOMConfig(disc_passes=100, grad_penalty=10.0)
     disc = train_discriminator(buf, recent, cfg, obs, ACT)
-    stats = discriminator_statistics(disc, buf, recent)
+    stats = discriminator_statistics(discriminator_logits(disc, buf), recent)
     assert stats["disc_acc"] >= 0.9, stats
     assert stats["disc_logit_recent_mean"] - stats["disc_logit_old_mean"] > 2.5, stats
+
+
+def test_rho_is_the_trained_discriminators_logit_for_every_transition(monkeypatch):
+    """TOM's shaping reward ρ, for every transition of R in its order: the logit of the
+    discriminator the round trained (not c, not another transform), computed in batches
+    whose boundaries leave no row out or out of place; the round's statistics come from the
+    same logits."""
+    import tom.objectives.tom as tom_module
+    from tom.config import resolve
+    from tom.objectives import make_objective
+
+    torch.manual_seed(0)
+    shift = torch.zeros(DIM)
+    shift[0] = 2.0
+    buf = _buffer(900, 100, shift)
+    recent = buf.recent_mask(100)
+    cfg = resolve("hopper", "tom", preset="smoke")
+    objective = make_objective(cfg, OBS, ACT)
+    trained = []
+    train = tom_module.train_discriminator
+    monkeypatch.setattr(tom_module, "train_discriminator",
+                        lambda *args: trained.append(train(*args)) or trained[-1])
+    chunked = tom_module.discriminator_logits
+    monkeypatch.setattr(tom_module, "discriminator_logits",
+                        lambda disc, b: chunked(disc, b, chunk=64))  # 16 batches, the last short
+    stats, rho = objective._shaping_reward(buf, recent)
+    with torch.no_grad():
+        want = torch.stack([trained[0](tom_module.sas(buf.get(torch.tensor([i]))))[0]
+                            for i in range(len(buf))])
+    assert rho.shape == (len(buf),)
+    torch.testing.assert_close(rho, want, rtol=1e-5, atol=1e-6)
+    assert stats == discriminator_statistics(rho, recent)
+    assert stats == pytest.approx(discriminator_statistics(want, recent), rel=1e-5)
+    assert rho.std() > 0 and len(trained) == 1
+
+
+def test_binary_rho_is_the_recent_windows_indicator():
+    """``tom.reward=binary``: ρ is 1 on the recent window D^π and 0 on the rest of R, with no
+    discriminator trained and no statistics."""
+    from tom.config import resolve
+    from tom.objectives import make_objective
+
+    buf = _buffer(90, 10, torch.zeros(DIM))
+    recent = buf.recent_mask(10)
+    objective = make_objective(resolve("hopper", "tom", preset="smoke",
+                                       overrides=["tom.reward=binary"]), OBS, ACT)
+    stats, rho = objective._shaping_reward(buf, recent)
+    assert stats == {} and rho.tolist() == [0.0] * 90 + [1.0] * 10

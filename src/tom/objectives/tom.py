@@ -237,11 +237,20 @@ def draw_disc_work(buf: ReplayBuffer, recent_idx: Tensor, cfg: TOMConfig) -> Dis
 
 
 @torch.no_grad()
-def discriminator_statistics(disc: Discriminator, buf: ReplayBuffer, recent: Tensor
-                             ) -> dict[str, float]:
+@torch.no_grad()
+def discriminator_logits(disc: Discriminator, buf: ReplayBuffer, chunk: int = 65_536
+                         ) -> Tensor:
+    """The discriminator's logit for every transition of ``buf`` (ρ of the "disc" reward), in
+    batches of ``chunk`` rows."""
+    data = buf.all()
+    return torch.cat([disc(sas(data.index(slice(lo, lo + chunk))))
+                      for lo in range(0, data.size, chunk)])
+
+
+def discriminator_statistics(logits: Tensor, recent: Tensor) -> dict[str, float]:
     """Balanced accuracy of c > ½ for D^π vs the rest of R, and the logit's mean and std on
-    each (diagnostics of how strongly ρ shapes the dual, not training targets)."""
-    logits = disc(sas(buf.all()))
+    each, from the ``logits`` of every transition (diagnostics of how strongly ρ shapes the
+    dual, not training targets)."""
     older = ~recent if (~recent).any() else recent
     hit = (logits > 0) == recent
     acc = 0.5 * (hit[recent].float().mean() + hit[older].float().mean())
@@ -349,8 +358,7 @@ class TOMObjective(ReweightingObjective):
             return
         buf = ctx.buffer
         recent = buf.recent_mask(self.tom.recent_window)
-        disc_stats, rho_fn = self._shaping_reward(buf, recent)
-        rho = self._rho_all(buf, rho_fn, recent)
+        disc_stats, rho = self._shaping_reward(buf, recent)
         dual_stats = self._train_dual(buf, ctx.agent, rho)
         self.raw_weights = self._all_weights(buf, ctx.agent, rho)
         self.weights = torch.clamp(self.raw_weights, max=self.tom.w_max)
@@ -360,24 +368,20 @@ class TOMObjective(ReweightingObjective):
     def start_weights(self) -> Tensor | None:
         return self.raw_weights
 
-    # Step 1: the shaping reward ρ (discriminator log-odds, or the binary indicator).
-    def _shaping_reward(self, buf: ReplayBuffer, recent: Tensor):
+    # Step 1: the shaping reward ρ (discriminator log-odds, or the binary indicator). ρ is
+    # fixed while the dual trains: computed once for every transition of the buffer, in large
+    # batches, rather than once per dual minibatch (1 000 × 256 rows at the paper preset); the
+    # discriminator's statistics come from the same logits.
+    def _shaping_reward(self, buf: ReplayBuffer, recent: Tensor
+                        ) -> tuple[dict[str, float], Tensor]:
+        """The discriminator's statistics, and ρ for every transition of ``buf``."""
         if self.tom.reward == "binary":
-            return {}, lambda batch, is_recent: is_recent.float()
+            return {}, recent.float()
         disc = train_discriminator(buf, recent, self.tom, self.obs_dim, self.act_dim,
                                    self.cuda_graph)
         pass_turn()  # in a population: the others' work runs while its training does
-        stats = discriminator_statistics(disc, buf, recent)
-        return stats, lambda batch, is_recent: disc(sas(batch))
-
-    # ρ is fixed while the dual trains: computed once for the whole buffer, in large batches,
-    # rather than once per dual minibatch (1 000 × 256 rows at the paper preset).
-    @torch.no_grad()
-    def _rho_all(self, buf: ReplayBuffer, rho_fn, recent: Tensor, chunk: int = 65_536
-                 ) -> Tensor:
-        data = buf.all()
-        return torch.cat([rho_fn(data.index(slice(lo, lo + chunk)), recent[lo:lo + chunk])
-                          for lo in range(0, data.size, chunk)])
+        logits = discriminator_logits(disc, buf)
+        return discriminator_statistics(logits, recent), logits
 
     # Step 2: Adam steps on the dual, warm-started from the last round; in a population that
     # stacks its runs' work (stack_seeds), with the other runs' as one (tom.stacked_tom).
