@@ -237,7 +237,6 @@ def draw_disc_work(buf: ReplayBuffer, recent_idx: Tensor, cfg: TOMConfig) -> Dis
 
 
 @torch.no_grad()
-@torch.no_grad()
 def discriminator_logits(disc: Discriminator, buf: ReplayBuffer, chunk: int = 65_536
                          ) -> Tensor:
     """The discriminator's logit for every transition of ``buf`` (ρ of the "disc" reward), in
