@@ -317,7 +317,7 @@ class Population:
             seconds = time.perf_counter() - start
             runner.trainer.away += seconds
             for m in members:
-                m.trainer.times[_PHASE[requests[0].kind]] += seconds / len(members)
+                m.trainer.times[_STACKED[requests[0].kind].phase] += seconds / len(members)
             for request, result in zip(requests, results, strict=True):
                 request.result, request.done = result, True
 
@@ -383,9 +383,6 @@ class Population:
 # model fit's epochs), then its SAC block, then (after an epoch's last step) the steps of its
 # evaluation, then the action of real step e + 1.
 _ORDER = ("disc", "dual", "fit", "sac", "eval", "act")
-# The phase of `Trainer.times` each kind is part of.
-_PHASE = {"disc": "objective", "dual": "objective", "fit": "model", "sac": "sac",
-          "eval": "eval", "act": "env"}
 
 
 @dataclass(frozen=True)
@@ -397,6 +394,7 @@ class _Stacked:
     owners: Callable[[tuple], tuple]
     build: Callable[[list[tuple], bool], Any]
     run: Callable[[Any, list[tuple]], tuple[list[Any], list[torch.Tensor]]]
+    phase: str  # the phase of `Trainer.times` it is part of
     reuse: bool = True  # False: the owners are new each time (a refit's discriminators)
     slots: bool = False  # True: `run` takes None in the slots of members not taking part
 
@@ -457,36 +455,36 @@ _STACKED = {
         describe=lambda part: (("act", _shapes(part[1:])), list(part[1:])),
         owners=lambda part: (part[0],),
         build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
-        run=_run_act),
+        run=_run_act, phase="env"),
     "eval": _Stacked(  # members whose episodes have all ended take no part: their slots None
         describe=lambda part: (("eval", _shapes(part[1:])), list(part[1:])),
         owners=lambda part: (part[0],),
         build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
-        run=_run_eval, slots=True),
+        run=_run_eval, phase="eval", slots=True),
     "sac": _Stacked(
         describe=lambda part: (("sac", _shapes([*part[1], part[2]])), [*part[1], part[2]]),
         owners=lambda part: (part[0],),
         build=lambda parts, graph: StackedSAC([p[0] for p in parts], cuda_graph=graph),
-        run=_run_sac),
+        run=_run_sac, phase="sac"),
     "disc": _Stacked(
         describe=lambda part: (("disc", _shapes(part[3].tensors())), part[3].tensors()),
         owners=lambda part: part[:2],
         build=lambda parts, graph: StackedDiscriminator(
             [p[0] for p in parts], [p[1] for p in parts], parts[0][2], cuda_graph=graph),
-        run=_run_disc, reuse=False),
+        run=_run_disc, phase="objective", reuse=False),
     "dual": _Stacked(
         describe=lambda part: (("dual", _shapes(part[2].tensors())), part[2].tensors()),
         owners=lambda part: part[:2],
         build=lambda parts, graph: StackedDual([p[0] for p in parts], [p[1] for p in parts],
                                                cuda_graph=graph),
-        run=_run_dual),
+        run=_run_dual, phase="objective"),
     "fit": _Stacked(
         describe=lambda part: (("fit", type(part[0]).__name__, _shapes([part[1].idx]),
                                 part[1].x.shape[1:], part[1].y.shape[1:], part[1].pattern()),
                                part[1].tensors()),
         owners=lambda part: (part[0], part[0]._optimizer),
         build=lambda parts, graph: StackedFit([p[0] for p in parts], cuda_graph=graph),
-        run=_run_fit, slots=True),
+        run=_run_fit, phase="model", slots=True),
 }
 
 

@@ -17,7 +17,8 @@ the GPU's time). A run that launched a refit's thousand dual steps in one turn t
 turn, blocked, for much of its refit's GPU time, and no other run could queue work
 meanwhile. On one H100 ten runs took about what their refits one after another plus their
 other steps overlapped would take (benchmarks/RESULTS.md, sixth session); that these shorter
-turns let the refits overlap is expected, not yet measured. """
+turns let the refits overlap is expected, not yet measured.
+"""
 
 from __future__ import annotations
 
