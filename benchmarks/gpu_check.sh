@@ -21,7 +21,8 @@
 #      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
 #      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
 #      20 real steps around a refit under torch.profiler
-#      (part timeline: the GPU's overlap, the host's waits and launches; gpu_timeline.py),
+#      (part timeline: the GPU's overlap, the host's waits and launches; gpu_timeline.py;
+#      part timeline_stacked: the same with stack_seeds),
 #      and with cuda_graph_steps=10 (part seeds_steps);
 #   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
 #      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
@@ -131,6 +132,10 @@ done
 for size in $POPULATIONS; do  # 20 real steps around a refit under torch.profiler
     part "timeline_$size" 240 python3 benchmarks/gpu_timeline.py --objective "$first" \
         --seeds "$size" --skip 240 --steps 20
+done
+for size in $POPULATIONS; do  # the same with the runs' work stacked (stack_seeds)
+    part "timeline_stacked_$size" 240 python3 benchmarks/gpu_timeline.py --objective "$first" \
+        --seeds "$size" --skip 240 --steps 20 --set stack_seeds=true
 done
 for size in $POPULATIONS; do  # the same with 10 model-fit or dual steps per graph launch
     part "seeds_steps_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
