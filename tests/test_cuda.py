@@ -9,12 +9,14 @@ where one is lent (benchmarks/gpu_check.sh). The configuration checks run everyw
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
 
 from tom.buffer import ReplayBuffer, Transition
 from tom.config import ConfigError, SACConfig, resolve
+from tom.cuda_graph import GraphedStep
 from tom.dynamics import make_model
 from tom.envs import get_task
 from tom.mbpo import Trainer
@@ -75,6 +77,66 @@ def _state(agent: SAC) -> list[torch.Tensor]:
 def _assert_same(a: SAC, b: SAC) -> None:
     for p, q in zip(_state(a), _state(b), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+@pytest.mark.filterwarnings("default:capturing .* as a CUDA graph failed")
+def test_a_failed_capture_leaves_the_random_generator_as_it_was():
+    """A step that synchronises with the host fails under capture: it runs eagerly from then
+    on, and the CUDA generator then draws outside captures what it would have drawn had no
+    capture been tried. (A failed capture's end raised before it took the generator out of
+    capture mode, and every later draw raised; seen in a population of 10 on an H200.)"""
+    def syncing(x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        float(y.sum())  # a copy to the host: not allowed while capturing
+        return y
+
+    x = torch.arange(4.0, device="cuda")
+    torch.manual_seed(0)
+    step = GraphedStep(syncing, warmup=1)
+    step(x)
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed; it runs eagerly"):
+        torch.testing.assert_close(step(x), 2 * x)
+    torch.testing.assert_close(step(x + 1), 2 * x + 2)
+    drawn = torch.randn(5, device="cuda")
+    torch.manual_seed(0)
+    torch.testing.assert_close(drawn, torch.randn(5, device="cuda"), rtol=0, atol=0)
+
+
+@cuda
+def test_a_step_warmed_up_in_one_thread_is_captured_in_another():
+    """As a stacked step in a population (run by whichever member arrives last): a step of
+    matrix products, warmed up in one thread, then called in a fresh thread on the same
+    stream, runs eagerly there once, then is captured there without a failure, and its
+    replays compute what eager calls compute."""
+    weight = torch.randn(3, 64, 64, device="cuda")
+
+    def products(x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(x, x, weight).relu().sum(dim=0)
+
+    stream = torch.cuda.Stream()
+    x = torch.randn(3, 32, 64, device="cuda")
+    step = GraphedStep(products, warmup=1)
+    with torch.cuda.stream(stream):
+        want = step(x)
+    got: list = []
+
+    def elsewhere() -> None:
+        try:
+            with torch.cuda.stream(stream):
+                got.extend(step(x) for _ in range(3))
+            stream.synchronize()
+        except BaseException as err:  # noqa: BLE001 (raised again below, in the test)
+            got.append(err)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    for out in got:
+        if isinstance(out, BaseException):
+            raise out
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    assert step.captured == 1
 
 
 @cuda
@@ -317,9 +379,14 @@ def test_stacked_sac_on_cuda_matches_each_members_own_blocks(cuda_graph):
             noise.append(draw_noise(block))
         stack.update_block(blocks, noise)
     assert stack._block.captured == (1 if cuda_graph else 0)
+    # Adam moves a parameter by up to about its learning rate (3e-4) each update whatever
+    # the gradient's size: where a gradient is near zero, the batched products' rounding can
+    # change a step by a fraction of that (seen: 1.2e-5 on one of 4 096 weights after 12
+    # updates, eager and graphed alike). A member given another's batches or noise is off by
+    # far more.
     for a, b in zip(own, stacked, strict=True):
         for p, q in zip(_state(a), _state(b), strict=True):
-            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=5e-5)
         assert a.num_updates == b.num_updates == 12
 
 

@@ -9,6 +9,7 @@ checked against eager steps in tests/test_cuda.py, on a GPU.)
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -142,6 +143,9 @@ def test_a_failed_capture_warns_and_runs_eagerly_from_then_on(fake_cuda):
     assert float(step(torch.full((2,), 3.0))) == 6.0
     assert seen == [2.0, 4.0, 6.0] and step.captured == 0 and not step.enabled
     assert FakeGraph.capturing is None
+    # After the failed capture, an empty one on the same stream (it ends the random
+    # generator's capture mode; tests/test_cuda.py checks that on a GPU).
+    assert FakeGraph.capture_streams == [None, None]
 
 
 def test_captures_on_the_callers_side_stream_else_on_torchs(fake_cuda, monkeypatch):
@@ -154,6 +158,39 @@ def test_captures_on_the_callers_side_stream_else_on_torchs(fake_cuda, monkeypat
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: member)
     step(torch.ones(3)), step(torch.ones(3))
     assert FakeGraph.capture_streams == [None, member] and step.captured == 2
+
+
+def test_captures_only_in_a_thread_and_on_a_stream_where_the_step_ran_eagerly(
+        fake_cuda, monkeypatch):
+    """Warmed up in this thread on the default stream, the step is next called in another
+    thread, then on another stream: each time it runs eagerly once before it captures
+    there (a library's per-thread handle or per-stream workspace must not be created while
+    capturing); the count of warm-up calls is per shape, not per place."""
+    seen: list[float] = []
+    step = GraphedStep(summing_step(seen), warmup=2)
+    step(torch.ones(2)), step(torch.ones(2))
+    captured_in_thread = []
+
+    def elsewhere() -> None:
+        step(torch.ones(2))  # eager: this thread's first call
+        captured_in_thread.append(step.captured)
+        step(torch.ones(2))  # captures
+        captured_in_thread.append(step.captured)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert captured_in_thread == [0, 1] and seen == [2.0] * 4
+
+    other = GraphedStep(summing_step(seen), warmup=1)
+    other(torch.ones(3))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: FakeStream())  # a new stream
+    other(torch.ones(3))
+    assert other.captured == 0
+    stream = FakeStream()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    other(torch.ones(3)), other(torch.ones(3))
+    assert other.captured == 1 and seen[4:] == [3.0] * 4
 
 
 def test_disabled_is_the_step_itself_and_warmup_must_be_positive():

@@ -12,8 +12,10 @@ each replay) and tensors that keep their storage while the graph lives (paramete
 Adam's moments created with ``capturable=True``, a buffer's storage), and write in place.
 It must not synchronise with the host (no ``.item()``, no data-dependent Python branch),
 allocate what outlives the step, or change shape. Its first calls per input shape run
-eagerly (they create the optimisers' moments and the libraries' workspaces, which capture
-requires to exist); if capturing fails, the step runs eagerly from then on, with one warning.
+eagerly, and so does its first call in each thread and stream that would capture it (they
+create the optimisers' moments and the libraries' handles and workspaces, which capture
+requires to exist); if capturing fails, the step runs eagerly from then on, with one warning,
+and the random generator is taken out of the capture's mode.
 A graph may also hold several steps (`GraphedLoop`, a block of SAC updates): one launch
 then does them all; each launch costs the host time, and a run replays tens of thousands.
 
@@ -29,6 +31,7 @@ captured with, and cuBLAS's workspace is picked by the capturing stream.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -48,6 +51,13 @@ class GraphedStep:
     """``step(*inputs) -> Tensor``, replayed from a CUDA graph per input shape after
     ``warmup`` eager calls of that shape; with ``enabled=False``, ``step`` itself.
 
+    A shape is captured only in a thread and on a stream where the step has already run
+    eagerly; elsewhere the call runs eagerly once more first. Libraries create per-thread
+    handles and per-stream workspaces (cuBLAS's) at their first use, which they must not do
+    during a capture: a stacked step in `tom.population` is run by whichever member arrives
+    last, and a population of 10 on an H200 failed to capture a stacked SAC block that
+    another member's thread had warmed up (benchmarks/RESULTS.md).
+
     Each call returns a copy of the step's output (the next replay overwrites the graph's).
     Call `reset` when something the step reads is given new storage (an optimiser's
     ``load_state_dict``): the graphs are dropped and captured again.
@@ -58,6 +68,7 @@ class GraphedStep:
             raise ValueError(f"warmup = {warmup} is not allowed: capture needs >= 1 eager call")
         self.step, self.warmup, self.enabled = step, warmup, enabled
         self._calls: dict[tuple, int] = {}
+        self._warm: set[tuple] = set()  # (shape key, thread, stream) of the eager calls
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[Tensor, ...], Tensor]] = {}
 
     @property
@@ -67,6 +78,7 @@ class GraphedStep:
 
     def reset(self) -> None:
         self._calls.clear()
+        self._warm.clear()
         self._graphs.clear()
 
     def __call__(self, *inputs: Tensor) -> Tensor:
@@ -77,7 +89,9 @@ class GraphedStep:
         if entry is None:
             calls = self._calls.get(key, 0)
             self._calls[key] = calls + 1
-            if calls < self.warmup:
+            site = (key, threading.get_ident(), torch.cuda.current_stream())
+            if calls < self.warmup or site not in self._warm:
+                self._warm.add(site)
                 return self.step(*inputs)
             entry = self._capture(inputs)
             if entry is None:
@@ -106,6 +120,7 @@ class GraphedStep:
                           f"CUDA graph failed; it runs eagerly ({str(err).splitlines()[0]})",
                           RuntimeWarning, stacklevel=3)
             self.enabled = False
+            _end_generator_capture()
             return None
         return graph, fixed, out
 
@@ -140,6 +155,21 @@ class GraphedLoop:
         for _ in range(rest):
             out = self.one()
         return out
+
+
+def _end_generator_capture() -> None:
+    """After a failed capture: take the CUDA generator's state out of capture mode.
+
+    A capture puts the generator's current state in capture mode and the capture's end takes
+    it out; when a capture fails, its end raises before that, and every later draw from the
+    generator outside a capture raises ("Offset increment outside graph capture encountered
+    unexpectedly"; seen on an H200 after a failed capture). An empty capture on the same
+    stream begins and ends that mode again, without drawing or changing the state's seed and
+    offset."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's warning that the graph is empty
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=_capture_stream()):
+            pass
 
 
 def _capture_stream() -> torch.cuda.Stream | None:
