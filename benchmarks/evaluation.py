@@ -1,5 +1,5 @@
 """What a run's evaluation costs once its episodes last their 1 000 steps, as late in a
-run they do, for one run and for P seeds in one process (in turns, and stacked).
+run they do, for one run and for P seeds in one process (in turns).
 
     python benchmarks/evaluation.py --threads 2 [--env halfcheetah] [--members 1 2 5 10]
         [--repeats 3] [--device cuda]
@@ -13,7 +13,11 @@ fit), at the paper preset's sizes, by default on HalfCheetah, whose episodes alw
 timed around `Trainer.run` or `Population.run` (building the runs is not timed). Prints
 seconds per evaluation per run, evaluation steps per second per run, and the speed-up per
 run against one run alone; and how much of a run's evaluation the environments' own steps
-take (on the host, one after another, stacked or not).
+take (on the host, one after another).
+
+Until 2026-11-26 it also timed the seeds' evaluations stacked (one policy call per step for
+every seed's episodes, with ``stack_seeds``): that took longer than in turns on this CPU and
+on an H200 (benchmarks/RESULTS.md), and a population no longer stacks evaluations.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from tom.mbpo import Trainer
 from tom.population import Population
 
 
-def _config(env: str, seed: int, device: str, stacked: bool):
+def _config(env: str, seed: int, device: str):
     return resolve(env, "mle", seed=seed, preset="paper", device=device, overrides=[
         "schedule.epochs=1", "schedule.epoch_length=1", "schedule.init_steps=2",
-        "rollout.every=1", f"stack_seeds={str(stacked).lower()}"])
+        "rollout.every=1"])
 
 
 def _sync(device: str) -> None:
@@ -42,34 +46,33 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_evaluations(env: str, members: int, device: str, stacked: bool | None
+def time_evaluations(env: str, members: int, device: str, population: bool
                      ) -> tuple[float, float]:
     """Seconds of one evaluation of ``members`` runs, and their evaluation steps per run:
-    alone (None, one run without a population), or a population in turns (False) or
-    stacked (True)."""
-    if stacked is None:
-        trainer = Trainer(_config(env, 0, device, False))
+    alone (one run without a population), or a population in turns."""
+    if not population:
+        trainer = Trainer(_config(env, 0, device))
         _sync(device)
         start = time.perf_counter()
         results = [trainer.run()]
     else:
-        population = Population()
+        runs = Population()
         for seed in range(members):
-            population.add(lambda seed=seed: Trainer(_config(env, seed, device, stacked)))
+            runs.add(lambda seed=seed: Trainer(_config(env, seed, device)))
         _sync(device)
         start = time.perf_counter()
-        results = population.run()
+        results = runs.run()
     _sync(device)
     seconds = time.perf_counter() - start
-    episodes = _config(env, 0, device, False).schedule.eval_episodes
+    episodes = _config(env, 0, device).schedule.eval_episodes
     steps = statistics.mean(r.metrics[0]["episode_length"] * episodes for r in results)
     return seconds, steps
 
 
 def time_environments(env: str, steps: int) -> float:
     """Seconds of ``steps`` steps of the task's environment alone (zero actions, resets not
-    counted): the part of an evaluation that stacking the policy calls leaves, one step
-    after another on the host."""
+    counted): the part of an evaluation that is not policy calls, one step after another
+    on the host."""
     environment = make_env(env, seed=0)
     action = np.zeros(environment.action_space.shape, dtype=np.float32)
     environment.reset()
@@ -96,11 +99,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    probe = _config(args.env, 0, args.device, False).schedule
+    probe = _config(args.env, 0, args.device).schedule
     print(f"{args.env}, {probe.eval_episodes} episodes of up to {probe.max_episode_steps} "
           f"steps per evaluation, device {args.device}, {args.threads} threads; "
           f"median of {args.repeats}")
-    alone, steps = _median([time_evaluations(args.env, 1, args.device, None)
+    alone, steps = _median([time_evaluations(args.env, 1, args.device, False)
                             for _ in range(args.repeats)])
     print(f"one run alone: {alone:.3f} s per evaluation of {steps:.0f} steps, "
           f"{steps / alone:.0f} steps/s")
@@ -108,16 +111,14 @@ def main() -> None:
                                  for _ in range(args.repeats))
     print(f"of which the environments' steps alone: {stepping:.3f} s "
           f"({1e6 * stepping / steps:.0f} µs each; per run, also in a population)")
-    print("| runs | how | s per evaluation per run | steps/s per run | per run against alone |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| runs in turns | s per evaluation per run | steps/s per run | per run against alone |")
+    print("| --- | --- | --- | --- |")
     for members in args.members:
-        for stacked in (False, True):
-            seconds, steps = _median([time_evaluations(args.env, members, args.device, stacked)
-                                      for _ in range(args.repeats)])
-            seconds /= members
-            how = "stacked" if stacked else "in turns"
-            print(f"| {members} | {how} | {seconds:.3f} | {steps / seconds:.0f} | "
-                  f"{alone / seconds:.2f}× |", flush=True)
+        seconds, steps = _median([time_evaluations(args.env, members, args.device, True)
+                                  for _ in range(args.repeats)])
+        seconds /= members
+        print(f"| {members} | {seconds:.3f} | {steps / seconds:.0f} | {alone / seconds:.2f}× |",
+              flush=True)
 
 
 if __name__ == "__main__":

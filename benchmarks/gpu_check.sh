@@ -14,10 +14,10 @@
 #      members' steps eager and (part population_graph) replayed from CUDA graphs;
 #   5. runs in turns in one process (tom bench --seeds P, tom.population) for each P in
 #      POPULATIONS (default "2 5"; each member gets its own CUDA stream), first objective;
-#      then the same with the runs' work stacked into one (part stacked: stack_seeds=true;
-#      and stacked.py, a SAC block, a dual and a discriminator training and a model-fit
-#      epoch alone; and evaluation.py, a run's evaluation with 1 000-step episodes, alone,
-#      of 10 seeds in turns and stacked), with
+#      and evaluation.py, a run's evaluation with 1 000-step episodes, alone and of 10 seeds
+#      in turns (part seeds_evaluation); then the same with the runs' work stacked into one
+#      (part stacked: stack_seeds=true; and stacked.py, a SAC block, a dual and a
+#      discriminator training and a model-fit epoch alone), with
 #      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
 #      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
 #      20 real steps around a refit under torch.profiler
@@ -36,7 +36,9 @@
 #
 #     bash benchmarks/gpu_check.sh   # or BUDGET=300 PARTS="tests seeds" POPULATIONS="1 10" bash ...
 #
-# Where .whl/ holds wheels (a machine without a package index), they are installed first;
+# Where .whl/ holds wheels (a machine without a package index), they are installed first
+# (what the lent machines' image lacks: gymnasium, mujoco, pydantic, greenlet and what they
+# need, for Python 3.12; benchmarks/README.md);
 # with PAPER_CODE, also those in .whl/paper_deps/ (the paper's code imports matplotlib, tqdm).
 set -u
 OUT=${OUT:-gpu_out}
@@ -107,7 +109,7 @@ part population_graph 90 python3 benchmarks/population.py --device cuda --graph 
     --members 1 2 5 10 20 --repeats 5
 part stacked_work 150 python3 benchmarks/stacked.py --device cuda --members 1 2 5 10 \
     --repeats 5
-part stacked_evaluation 150 python3 benchmarks/evaluation.py --device cuda --threads 2 \
+part seeds_evaluation 150 python3 benchmarks/evaluation.py --device cuda --threads 2 \
     --members 1 10 --repeats 3
 for size in $POPULATIONS; do
     part "seeds_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \

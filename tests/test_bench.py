@@ -105,5 +105,5 @@ def test_bench_of_stacked_sac_updates_runs_them_stacked(monkeypatch):
                              preset="smoke", overrides=["stack_seeds=true"])
     assert row["stack_seeds"] is True and row["population"] == 1
     assert members and set(members) == {1}
-    assert ("actions, SAC updates, discriminator, dual, model-fit and evaluation steps stacked"
+    assert ("actions, SAC updates, discriminator, dual and model-fit steps stacked"
             in format_row(row))

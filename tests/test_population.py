@@ -365,13 +365,6 @@ class _EachOnItsOwn:
         return actions, []
 
     @classmethod
-    def eval(cls, stack, parts):
-        """(A result per slot, None in those of members whose episodes have all ended.)"""
-        cls.calls.append(("eval", sum(part is not None for part in parts)))
-        return [None if part is None else part[0].act(part[1], deterministic=True).cpu()
-                for part in parts], []
-
-    @classmethod
     def disc(cls, stack, parts):
         cls.calls.append(("disc", len(parts)))
         for disc, opt, cfg, work in parts:
@@ -425,7 +418,7 @@ class _EachOnItsOwn:
     @classmethod
     def install(cls, monkeypatch) -> None:
         cls.calls = []
-        for kind in ("act", "eval", "sac", "disc", "dual", "fit"):
+        for kind in ("act", "sac", "disc", "dual", "fit"):
             entry = population_module._STACKED[kind]
             monkeypatch.setitem(population_module._STACKED, kind, dataclasses.replace(
                 entry, build=lambda parts, graph, kind=kind: cls.calls.append(
@@ -470,16 +463,6 @@ def test_stacked_members_wait_for_each_other_and_equal_their_single_runs(fits, t
     assert [n for kind, n in calls if kind == "dual"] == [3] * rounds and rounds > 0
     assert [n for kind, n in calls if kind == "disc"] == [3] * rounds
     assert [n for kind, n in calls if kind == "act"] == [3] * acting and acting > 0
-    # Each step of the evaluations (one episode per run here) is one call of the members
-    # whose episode goes on, all through one stack of the three.
-    lengths = [[int(row["episode_length"]) for row in results[seed][0].metrics]
-               for seed in (0, 1, 2)]
-    assert _cfg(0).schedule.eval_episodes == 1
-    expected_eval = [sum(n > step for n in epoch) for epoch in zip(*lengths, strict=True)
-                     for step in range(max(epoch))]
-    assert [n for kind, n in calls if kind == "eval"] == expected_eval
-    assert min(expected_eval) < 3  # members whose episode has ended wait for the others
-    assert [n for kind, n in calls if kind == "build eval"] == [3]
     # Per refit, epoch k is one call of the members whose fits reach it, all through one
     # stack of the three.
     expected = [sum(e > k for e, _ in refit) for refit in zip(*fits_done, strict=True)
@@ -515,7 +498,7 @@ def test_members_phase_seconds_are_their_own_work_and_their_share_of_the_stacked
     wall = time.perf_counter() - start
     phases = sum(sum(t.times.values()) for t in trainers)
     assert phases <= wall
-    assert calls["sac"] > 0 and calls["act"] > 0 and calls["eval"] > 0
+    assert calls["sac"] > 0 and calls["act"] > 0
     for trainer in trainers:
         assert trainer.times["sac"] >= calls["sac"] * pause / 3
 
@@ -552,8 +535,7 @@ def test_stacked_members_go_on_without_a_member_that_failed(monkeypatch):
     assert isinstance(results[1], NumericalFault)
     _assert_same_rows(results[0], single[0])
     _assert_same_rows(results[2], single[2])
-    # (Steps of the evaluations leave out members whose episodes have ended: not counted.)
-    calls = [n for kind, n in _EachOnItsOwn.calls if kind != "eval"]
+    calls = [n for kind, n in _EachOnItsOwn.calls]
     assert calls[0] == 3 and calls[-1] == 2 and calls == sorted(calls, reverse=True)
 
 

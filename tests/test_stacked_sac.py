@@ -161,25 +161,3 @@ def test_stacked_policy_acts_as_each_members_own_policy():
     torch.testing.assert_close(actions, torch.stack(own), **TOL)
     assert not torch.allclose(actions[0], actions[1])
 
-
-def test_stacked_policy_evaluates_as_each_members_own_deterministic_policy():
-    """A step of every member's evaluation episodes as one: each member's actions for its
-    batch of observations are its own `SAC.act(..., deterministic=True)`, to rounding; a
-    member whose episodes have ended (None) gets None, and the others' actions are the same
-    as with it taking part; the policies changed between calls are read anew."""
-    agents = [make_agent(seed, warm) for seed, warm in ((0, 0), (1, 2), (2, 5))]
-    obs = [torch.randn(4, OBS_DIM) * (i + 1) for i in range(3)]
-    own = [agent.act(o, deterministic=True) for agent, o in zip(agents, obs, strict=True)]
-    stack = StackedPolicy(agents)
-    actions = stack.act_deterministic(obs)
-    for got, want in zip(actions, own, strict=True):
-        assert got.shape == (4, ACT_DIM) and got.device.type == "cpu"
-        torch.testing.assert_close(got, want, **TOL)
-    assert not torch.allclose(actions[0], actions[1])
-    agents[2].update(make_block(7, updates=1).index(0))  # its policy changes
-    partial = stack.act_deterministic([obs[0], None, obs[2]])
-    assert partial[1] is None
-    torch.testing.assert_close(partial[0], own[0], **TOL)
-    torch.testing.assert_close(partial[2], agents[2].act(obs[2], deterministic=True), **TOL)
-    assert not torch.allclose(partial[2], own[2])
-    assert stack.act_deterministic([None, None, None]) == [None, None, None]

@@ -104,7 +104,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     ``steps_per_turn`` replaces `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn
     per whole inner loop).
     With ``stack_seeds=true`` among the overrides, the runs' actions, SAC blocks,
-    discriminator and dual steps, model-fit epochs and evaluation steps are stacked (also
+    discriminator and dual steps and model-fit epochs are stacked (also
     for one run: a population of one, to compare with its plain work)."""
     torch.set_num_threads(threads)
     if population < 1:
@@ -175,8 +175,7 @@ def format_row(row: dict[str, Any]) -> str:
     runs = (f", {row['population']} runs in turns (per run:)" if row["population"] > 1
             else "")
     if row.get("stack_seeds"):
-        runs += (", their actions, SAC updates, discriminator, dual, model-fit and evaluation "
-                 "steps stacked")
+        runs += ", their actions, SAC updates, discriminator, dual and model-fit steps stacked"
     return (f"{row['env']}/{row['objective']} {row['device']}"
             f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "
             f"{row['threads']} thread(s){runs}, "

@@ -260,13 +260,13 @@ class RunConfig:
                                      "in the same order; fewer launches, but on an H100 10 "
                                      "made runs slower: benchmarks/RESULTS.md)")
     stack_seeds: bool = _f(False, "seeds trained together (`tom train --seeds`, tom.population) "
-                           "do their actions, SAC updates, TOM's discriminator and dual steps, "
-                           "model-fit epochs and evaluation steps as one, with a member axis "
-                           "(tom.stacked_sac, tom.stacked_tom, tom.stacked_model, "
-                           "tom.evaluation); equal to each seed's own "
-                           "up to rounding only. On 2 CPU cores 5 seeds made 1.32x one run's "
-                           "throughput with 2 threads, 1.07x with 1 (benchmarks/RESULTS.md). "
-                           "A seed alone is then a population of one")
+                           "do their actions, SAC updates, TOM's discriminator and dual steps "
+                           "and model-fit epochs as one, with a member axis "
+                           "(tom.stacked_sac, tom.stacked_tom, tom.stacked_model); equal to "
+                           "each seed's own up to rounding only. On 2 CPU cores 5 seeds made "
+                           "1.32x one run's throughput with 2 threads, 1.07x with 1; on an "
+                           "H200 10 seeds made 1.66x, against 2.15x in turns without it "
+                           "(benchmarks/RESULTS.md). A seed alone is then a population of one")
     preset: _Preset = _f("quick", "preset the run started from")
     sac: SACConfig = field(default_factory=SACConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -376,10 +376,11 @@ class Trainer:
         return block
 
     def _eval_actions(self, obs: Tensor) -> Tensor:
-        """The deterministic actions for a batch of evaluation observations, on the host."""
-        return together(  # in a population that stacks its runs' work, as one
-            "eval", lambda: self.agent.act(obs, deterministic=True).cpu(),
-            lambda: (self.agent, obs))
+        """The deterministic actions for a batch of evaluation observations, on the host:
+        this run's own also where a population stacks its runs' work (stacked, ten seeds'
+        evaluations took longer than in turns, on a GPU and on a CPU;
+        benchmarks/RESULTS.md)."""
+        return self.agent.act(obs, deterministic=True).cpu()
 
     @torch.no_grad()
     def _evaluate(self, epoch: int, epoch_updates: int, epoch_time: float, wall: float

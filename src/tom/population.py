@@ -36,9 +36,9 @@ passing the turn, until every active member has its part waiting (`tom.turns.tog
 the last one to arrive runs them all as one, on a GPU on a stream of the population's own.
 Where members are out of step (their fits stopped after different numbers of epochs), only
 the parts of those furthest behind run, and the others wait to be stacked with them later.
-Members then equal their single runs only to rounding. The steps of the members'
-evaluations are stacked too (`tom.evaluation`): a member whose episodes have all ended
-waits for the others at its next action.
+Members then equal their single runs only to rounding. The members' evaluations are not
+stacked: each plays its episodes in its own turns (stacked, ten seeds' evaluations took
+longer than in turns, on a GPU and on a CPU; benchmarks/RESULTS.md).
 
 Each member's phase timers (`Trainer.times`) leave out the other members' turns taken
 inside its phases, and count each piece of stacked work, shared among the members taking
@@ -92,7 +92,7 @@ class _Member:
 class _Request:
     """A member's part of work done with the other members' parts as one (stack_seeds)."""
 
-    kind: str  # what `turns.together` was called with: "act", "eval", "sac", "disc", ...
+    kind: str  # what `turns.together` was called with: "act", "sac", "disc", ...
     part: tuple  # what the stacked work takes from this member
     key: tuple  # parts of equal keys (kind and shapes) are done together
     inputs: list[torch.Tensor]  # the tensors of the part, which the stacked work reads
@@ -328,7 +328,7 @@ class Population:
         stack, parts, slots = self._stack(requests[0].kind, [r.part for r in requests],
                                           members[0].trainer.cfg.cuda_graph)
         stream = self._stack_stream
-        # With grad on whatever the grad mode of the member that runs it (one evaluating, in
+        # With grad on whatever the grad mode of the member that runs it (one acting, in
         # `torch.no_grad`, may run the others' model-fit epochs): a kind that needs none
         # turns it off itself.
         if stream is None:
@@ -380,9 +380,8 @@ class Population:
 
 # Where each kind of stacked work comes in a run (`Trainer.run_steps`): with
 # `Trainer.env_steps` = e, the refit after real step e (the discriminator, the dual, the
-# model fit's epochs), then its SAC block, then (after an epoch's last step) the steps of its
-# evaluation, then the action of real step e + 1.
-_ORDER = ("disc", "dual", "fit", "sac", "eval", "act")
+# model fit's epochs), then its SAC block, then the action of real step e + 1.
+_ORDER = ("disc", "dual", "fit", "sac", "act")
 
 
 @dataclass(frozen=True)
@@ -422,12 +421,6 @@ def _run_act(stack: StackedPolicy, parts: list[tuple]) -> tuple[list[Any], list[
     return list(actions), []  # on the host
 
 
-def _run_eval(stack: StackedPolicy, parts: list[tuple | None]
-              ) -> tuple[list[Any], list[torch.Tensor]]:
-    actions = stack.act_deterministic([None if part is None else part[1] for part in parts])
-    return actions, []  # on the host
-
-
 def _run_disc(stack: StackedDiscriminator, parts: list[tuple]
               ) -> tuple[list[Any], list[torch.Tensor]]:
     stack.train([work for *_, work in parts])
@@ -445,8 +438,7 @@ def _run_fit(stack: StackedFit, parts: list[tuple | None]
     return list(totals.unbind(0)), [totals]
 
 
-# "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "eval":
-# (agent, obs), a step of the evaluation episodes' deterministic actions (the same); "sac":
+# "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "sac":
 # (agent, batches, noise) (`tom.stacked_sac`); "disc": (discriminator, optimiser, TOM config,
 # work), "dual": (objective, agent, work) (`tom.stacked_tom`); "fit": (dynamics model, its
 # fit's epoch) (`tom.stacked_model`).
@@ -456,11 +448,6 @@ _STACKED = {
         owners=lambda part: (part[0],),
         build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
         run=_run_act, phase="env"),
-    "eval": _Stacked(  # members whose episodes have all ended take no part: their slots None
-        describe=lambda part: (("eval", _shapes(part[1:])), list(part[1:])),
-        owners=lambda part: (part[0],),
-        build=lambda parts, graph: StackedPolicy([p[0] for p in parts]),
-        run=_run_eval, phase="eval", slots=True),
     "sac": _Stacked(
         describe=lambda part: (("sac", _shapes([*part[1], part[2]])), [*part[1], part[2]]),
         owners=lambda part: (part[0],),

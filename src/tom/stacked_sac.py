@@ -165,9 +165,8 @@ class StackedSAC:
 
 class StackedPolicy:
     """P agents' policies acting at once: one batched forward and one copy to the host for
-    every member's action of a real step, instead of one of each per member (`act`: `SAC.act`,
-    not deterministic, with the noise each member drew, `draw_action_noise`), or for a step
-    of every member's evaluation episodes (`act_deterministic`)."""
+    every member's action of a real step, instead of one of each per member (`SAC.act`, not
+    deterministic, with the noise each member drew, `draw_action_noise`)."""
 
     def __init__(self, agents: list[SAC]) -> None:
         self.agents = agents
@@ -184,18 +183,3 @@ class StackedPolicy:
         actions, _ = actor_sample(self._actor.layers(self._actor.flat),
                                   torch.stack(obs)[:, None], torch.stack(noise)[:, None])
         return actions[:, 0].cpu()
-
-    @torch.no_grad()
-    def act_deterministic(self, obs: list[Tensor | None]) -> list[Tensor | None]:
-        """Member i's deterministic actions (`SAC.act` with ``deterministic``) for the batch
-        ``obs[i]`` ([B, obs_dim], the same B for all), on the host; None for a member whose
-        ``obs[i]`` is None: its policy is neither read nor used."""
-        taking = [i for i, o in enumerate(obs) if o is not None]
-        if not taking:
-            return [None] * len(obs)
-        self._copies.load(set(taking))
-        filler = obs[taking[0]]
-        batch = torch.stack([filler if o is None else o for o in obs])
-        mean, _ = mlp(self._actor.layers(self._actor.flat), batch).chunk(2, dim=-1)
-        actions = mean.tanh().cpu()
-        return [actions[i] if o is not None else None for i, o in enumerate(obs)]

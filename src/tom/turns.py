@@ -58,8 +58,7 @@ def pass_turn() -> None:
 def together(kind: str, alone: Callable[[], T], part: Callable[[], tuple]) -> T:
     """``alone()``; in a population whose runs stack their work (``stack_seeds``), this run's
     ``part()`` done together with the other runs' parts of that ``kind`` as one, which gives
-    what ``alone()`` would (up to rounding): "act", a real step's action; "eval", a step of
-    the evaluation episodes' deterministic actions; "sac", a block of
+    what ``alone()`` would (up to rounding): "act", a real step's action; "sac", a block of
     SAC updates (`tom.stacked_sac`); "disc" and "dual", TOM's discriminator and dual training
     (`tom.stacked_tom`); "fit", an epoch of the model's fit (`tom.stacked_model`).
     ``part`` is called in this run's turn: it draws what the work needs from this run's
