@@ -68,7 +68,9 @@ class GraphedStep:
             raise ValueError(f"warmup = {warmup} is not allowed: capture needs >= 1 eager call")
         self.step, self.warmup, self.enabled = step, warmup, enabled
         self._calls: dict[tuple, int] = {}
-        self._warm: set[tuple] = set()  # (shape key, thread, stream) of the eager calls
+        # (shape key, thread, stream) of the eager calls; the Thread object, not its id, which
+        # a thread started after another ended can reuse.
+        self._warm: set[tuple] = set()
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[Tensor, ...], Tensor]] = {}
 
     @property
@@ -89,7 +91,7 @@ class GraphedStep:
         if entry is None:
             calls = self._calls.get(key, 0)
             self._calls[key] = calls + 1
-            site = (key, threading.get_ident(), torch.cuda.current_stream())
+            site = (key, threading.current_thread(), torch.cuda.current_stream())
             if calls < self.warmup or site not in self._warm:
                 self._warm.add(site)
                 return self.step(*inputs)
