@@ -17,13 +17,12 @@
 #      and evaluation.py, a run's evaluation with 1 000-step episodes, alone and of 10 seeds
 #      in turns (part seeds_evaluation); then the same with the runs' work stacked into one
 #      (part stacked: stack_seeds=true; and stacked.py, a SAC block, a dual and a
-#      discriminator training and a model-fit epoch alone), with
-#      a turn per whole inner loop instead of every 10 steps (part seeds_loopturns,
-#      --steps-per-turn 0), with 32 hardware queues for streams (part seeds_connections),
-#      20 real steps around a refit under torch.profiler
+#      discriminator training and a model-fit epoch alone), with cuda_graph_steps=10
+#      (part seeds_steps), with a turn per whole inner loop instead of every 10 steps (part
+#      seeds_loopturns, --steps-per-turn 0), with 32 hardware queues for streams (part
+#      seeds_connections), and 20 real steps around a refit under torch.profiler
 #      (part timeline: the GPU's overlap, the host's waits and launches; gpu_timeline.py;
-#      part timeline_stacked: the same with stack_seeds),
-#      and with cuda_graph_steps=10 (part seeds_steps);
+#      part timeline_stacked: the same with stack_seeds);
 #   6. for each N in PROCESSES (default none), N separate processes at once on the one GPU,
 #      each one run (tom bench, 1 CPU thread each), first objective: the alternative to 5;
 #   7. where PAPER_CODE names a checkout of the paper's code (carried along; never
@@ -121,6 +120,11 @@ for size in $POPULATIONS; do  # the same with the runs' work stacked (stack_seed
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
         --set stack_seeds=true --csv "$OUT/bench.csv"
 done
+for size in $POPULATIONS; do  # the same with 10 model-fit or dual steps per graph launch
+    part "seeds_steps_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
+        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
+        --set cuda_graph_steps=10 --csv "$OUT/bench.csv"
+done
 for size in $POPULATIONS; do  # the same with a turn per whole inner loop (before in_turns)
     part "seeds_loopturns_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
@@ -138,11 +142,6 @@ done
 for size in $POPULATIONS; do  # the same with the runs' work stacked (stack_seeds)
     part "timeline_stacked_$size" 240 python3 benchmarks/gpu_timeline.py --objective "$first" \
         --seeds "$size" --skip 240 --steps 20 --set stack_seeds=true
-done
-for size in $POPULATIONS; do  # the same with 10 model-fit or dual steps per graph launch
-    part "seeds_steps_$size" 240 python3 -m tom.cli bench --env hopper --objective "$first" \
-        --device cuda --threads 2 --buffer-size 20000 --steps 1000 --seeds "$size" \
-        --set cuda_graph_steps=10 --csv "$OUT/bench.csv"
 done
 for count in $PROCESSES; do  # each process writes its own CSV and log; their last lines
     part "processes_$count" 300 bash -c 'for i in $(seq 1 "$1"); do
