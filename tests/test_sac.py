@@ -50,6 +50,21 @@ def test_act_shapes_bounds_and_determinism():
     assert not torch.equal(actions, agent.act(obs))  # stochastic actions are resampled
 
 
+def test_an_action_alone_is_the_sampled_action_bit_for_bit():
+    """`sample_action` (acting, rollouts, TOM's dual) skips the log-density, nothing else: from
+    the same seed it gives `sample`'s action exactly and leaves the generator where `sample`
+    does, so a run draws the same stream either way; `act` is that action."""
+    agent = make_agent()
+    obs = torch.randn(32, OBS_DIM)
+    torch.manual_seed(3)
+    want, _ = agent.sample(obs)
+    after = torch.get_rng_state()
+    for draw in (agent.sample_action, agent.act):
+        torch.manual_seed(3)
+        assert torch.equal(draw(obs), want)
+        assert torch.equal(torch.get_rng_state(), after)
+
+
 def test_xavier_init_draws_glorot_uniform_weights_and_zero_biases():
     """sac.init=xavier (default): every layer of actor, critics and target critics is U(+-b) with
     b = sqrt(6 / (fan_in + fan_out)) and has zero bias (the paper's code's initialisation)."""

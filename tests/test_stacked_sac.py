@@ -17,6 +17,7 @@ from tom.buffer import Transition
 from tom.config import SACConfig
 from tom.sac import SAC
 from tom.stacked_sac import StackedPolicy, StackedSAC, draw_action_noise, draw_noise
+from tom.stacking import actor_action, actor_sample
 
 OBS_DIM, ACT_DIM, ROWS, UPDATES = 5, 3, 32, 4
 TOL = dict(rtol=1e-4, atol=2e-6)
@@ -161,3 +162,12 @@ def test_stacked_policy_acts_as_each_members_own_policy():
     torch.testing.assert_close(actions, torch.stack(own), **TOL)
     assert not torch.allclose(actions[0], actions[1])
 
+
+def test_an_action_alone_is_the_sampled_action_bit_for_bit():
+    """`actor_action` (stacked acting and TOM's stacked dual) is `actor_sample`'s action
+    exactly, also where the log-standard deviations are clamped (large inputs)."""
+    torch.manual_seed(0)
+    layers = [(torch.randn(2, 5, 16), torch.randn(2, 1, 16)),
+              (torch.randn(2, 16, 2 * ACT_DIM), torch.randn(2, 1, 2 * ACT_DIM))]
+    obs, noise = torch.randn(2, 8, 5) * 10, torch.randn(2, 8, ACT_DIM)
+    assert torch.equal(actor_action(layers, obs, noise), actor_sample(layers, obs, noise)[0])

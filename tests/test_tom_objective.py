@@ -26,8 +26,10 @@ class TabularPolicy:
         self.choice = torch.as_tensor(choice)
 
     def sample(self, obs: torch.Tensor):
-        a = torch.nn.functional.one_hot(self.choice[obs.argmax(-1)], A).float()
-        return a, torch.zeros(len(obs))
+        return self.sample_action(obs), torch.zeros(len(obs))
+
+    def sample_action(self, obs: torch.Tensor):
+        return torch.nn.functional.one_hot(self.choice[obs.argmax(-1)], A).float()
 
 
 def _chain_mdp():

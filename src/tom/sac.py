@@ -207,13 +207,22 @@ class SAC:
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         if deterministic:
             return self.actor(obs)[0].tanh()
-        return self.sample(obs)[0]
+        return self.sample_action(obs)
 
     def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Reparameterised action a ~ pi(.|obs) and its log-density [B], both differentiable."""
-        mean, log_std = self.actor(obs)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        pre_tanh, mean, log_std = self._pre_tanh(obs)
         return pre_tanh.tanh(), tanh_normal_log_prob(pre_tanh, mean, log_std)
+
+    def sample_action(self, obs: Tensor) -> Tensor:
+        """`sample`'s action alone: the same draw and operations, so the same bits, without
+        the log-density that acting, rollouts and TOM's dual would discard (a dozen
+        elementwise kernels each time)."""
+        return self._pre_tanh(obs)[0].tanh()
+
+    def _pre_tanh(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mean, log_std = self.actor(obs)
+        return mean + log_std.exp() * torch.randn_like(mean), mean, log_std
 
     def q(self, obs: Tensor, act: Tensor) -> Tensor:
         """Pessimistic Q-value min_i Q_i(obs, act), [B]."""

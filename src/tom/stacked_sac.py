@@ -40,6 +40,7 @@ from tom.stacking import (
     Copies,
     FlatStack,
     StackedAdam,
+    actor_action,
     actor_sample,
     member_parameters,
     mlp,
@@ -180,6 +181,6 @@ class StackedPolicy:
         """Member i's action for ``obs[i]`` ([obs_dim]) with ``noise[i]``: [P, act_dim], on
         the host."""
         self._copies.load()
-        actions, _ = actor_sample(self._actor.layers(self._actor.flat),
-                                  torch.stack(obs)[:, None], torch.stack(noise)[:, None])
+        actions = actor_action(self._actor.layers(self._actor.flat),
+                               torch.stack(obs)[:, None], torch.stack(noise)[:, None])
         return actions[:, 0].cpu()

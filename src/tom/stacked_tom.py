@@ -42,7 +42,7 @@ from tom.stacking import (
     Copies,
     FlatStack,
     StackedAdam,
-    actor_sample,
+    actor_action,
     member_parameters,
     mlp,
 )
@@ -104,9 +104,9 @@ class StackedDual:
         del reward  # the dual's ρ takes its place
         actor = self._actor.layers(self._actor.flat)
         with torch.no_grad():
-            a0, _ = actor_sample(actor, s0, noise_a0)
+            a0 = actor_action(actor, s0, noise_a0)
             next_rows = next_obs.repeat(1, self.tom.next_action_samples, 1)
-            next_act, _ = actor_sample(actor, next_rows, noise_next)
+            next_act = actor_action(actor, next_rows, noise_next)
         q = self._dual_q(obs, act)
         members, rows = q.shape
         next_v = self._dual_q(next_rows, next_act).view(

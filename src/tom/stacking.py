@@ -94,10 +94,20 @@ def actor_sample(layers: list[tuple[Tensor, Tensor]], obs: Tensor, noise: Tensor
                  ) -> tuple[Tensor, Tensor]:
     """`SAC.sample` of every member ([P, batch, obs_dim]) with the given standard normal
     noise: the tanh-squashed action and its log-density."""
+    pre_tanh, mean, log_std = _pre_tanh(layers, obs, noise)
+    return pre_tanh.tanh(), tanh_normal_log_prob(pre_tanh, mean, log_std)
+
+
+def actor_action(layers: list[tuple[Tensor, Tensor]], obs: Tensor, noise: Tensor) -> Tensor:
+    """`actor_sample`'s action alone, the same bits (`SAC.sample_action` of every member)."""
+    return _pre_tanh(layers, obs, noise)[0].tanh()
+
+
+def _pre_tanh(layers: list[tuple[Tensor, Tensor]], obs: Tensor, noise: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
     mean, log_std = mlp(layers, obs).chunk(2, dim=-1)
     log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-    pre_tanh = mean + log_std.exp() * noise
-    return pre_tanh.tanh(), tanh_normal_log_prob(pre_tanh, mean, log_std)
+    return mean + log_std.exp() * noise, mean, log_std
 
 
 class Copies:

@@ -288,7 +288,7 @@ def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
     """
     rows = next_obs.repeat(samples, 1)
     with torch.no_grad():
-        act, _ = agent.sample(rows)
+        act = agent.sample_action(rows)
     return q(rows, act).view(samples, -1).mean(0)
 
 
@@ -418,7 +418,7 @@ class TOMObjective(ReweightingObjective):
         """The dual loss on one minibatch of R (with its ρ) and of initial states s0;
         differentiable in the dual Q only (the policy's actions are drawn without grad)."""
         with torch.no_grad():
-            a0, _ = agent.sample(s0)
+            a0 = agent.sample_action(s0)
         residual = dual_residual(rho, self.q(batch.obs, batch.act),
                                  next_value(self.q, agent, batch.next_obs,
                                             self.tom.next_action_samples),
