@@ -41,6 +41,29 @@ def test_wrap_around_keeps_newest_and_ages():
     assert buf.recent(50).reward.tolist() == [8.0, 9.0, 10.0, 11.0, 12.0]
 
 
+def test_rows_added_one_by_one_are_stored_as_one_batch_of_them():
+    """`add`, row by row across the ring's seam, stores what `add_batch` of those rows does,
+    bit for bit (float64 inputs rounded to float32 alike), with the same stamps, policy
+    update counts and insertion count."""
+    g = torch.Generator().manual_seed(0)
+    n = 11
+    rows = Transition(torch.randn(n, 3, generator=g, dtype=torch.float64),
+                      torch.randn(n, 2, generator=g, dtype=torch.float64),
+                      torch.randn(n, generator=g, dtype=torch.float64),
+                      torch.randn(n, 3, generator=g, dtype=torch.float64),
+                      (torch.rand(n, generator=g) < 0.5).double())
+    one_by_one, batched = ReplayBuffer(4, 3, 2), ReplayBuffer(4, 3, 2)
+    for i in range(n):
+        one_by_one.add(rows.obs[i].numpy(), rows.act[i], rows.reward[i].item(),
+                       rows.next_obs[i], rows.done[i].item(), policy_updates=7)
+    batched.add_batch(rows, policy_updates=7)
+    for got, want in zip(one_by_one.all(), batched.all(), strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert one_by_one.inserted == batched.inserted == n
+    assert torch.equal(one_by_one.ages(), batched.ages())
+    assert torch.equal(one_by_one.collected_at_update(), batched.collected_at_update())
+
+
 def test_add_batch_larger_than_capacity_keeps_the_newest():
     buf = ReplayBuffer(4, 1, 1)
     n = 10

@@ -255,10 +255,12 @@ class Trainer:
         if self.env_steps < self.cfg.schedule.init_steps:
             act = torch.as_tensor(self.env.action_space.sample(), dtype=torch.float32)
         else:
-            act = together(  # in a population that stacks its runs' work, as one
-                "act", lambda: self.agent.act(obs).cpu(),
+            # On the device alone (the buffer keeps that copy: no round trip through the
+            # host), on the host where a population stacks its runs' actions.
+            act = together(
+                "act", lambda: self.agent.act(obs),
                 lambda: (self.agent, obs, draw_action_noise(self.agent)))
-        next_obs, reward, terminated, truncated, _ = self.env.step(act.numpy())
+        next_obs, reward, terminated, truncated, _ = self.env.step(act.cpu().numpy())
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
         self.real.add(obs, act, float(reward), next_obs, float(terminated),
                       policy_updates=self.agent.num_updates)
