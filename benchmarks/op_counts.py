@@ -1,0 +1,100 @@
+"""How many kernels the loop's small steps run: a GPU's launches, counted on any machine.
+
+    python benchmarks/op_counts.py [--env hopper]
+
+On a GPU each PyTorch operation outside a CUDA graph is a launch that costs the host time,
+and each one inside a graph is a kernel the GPU runs one after another; for seeds trained
+together on one GPU the host's work per real step bounds the throughput (benchmarks/
+RESULTS.md). This counts, with a `TorchDispatchMode`, the operations that run a kernel
+(views left out) of: one real step's action (outside any graph), one write of a transition
+to the replay buffer (outside any graph), one SAC update (a graph's share: the forward and
+backward passes and the three Adam steps) and one TOM dual step (likewise), at the paper
+preset's sizes on the CPU. The counts are the same on every machine and run: a change's
+effect on them needs no GPU to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tom.buffer import ReplayBuffer, Transition
+from tom.config import resolve
+from tom.envs import get_task
+from tom.objectives import make_objective
+from tom.sac import SAC
+
+# Operations that make a view of their input and run no kernel.
+VIEWS = frozenset({"view", "select", "reshape", "_reshape_alias", "alias", "as_strided", "t",
+                   "expand", "unsqueeze", "squeeze", "slice", "detach", "split", "chunk",
+                   "split_with_sizes", "transpose", "_unsafe_view", "lift_fresh", "unbind"})
+
+
+class _Counting(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in VIEWS:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(step: Callable[[], object]) -> Counter[str]:
+    """The kernel-running operations of one call of ``step``, by name."""
+    mode = _Counting()
+    with mode:
+        step()
+    return mode.ops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="hopper")
+    args = parser.parse_args()
+    cfg = resolve(args.env, "tom", preset="paper")
+    task = get_task(args.env)
+    obs_dim, act_dim, rows = task.obs_dim, task.act_dim, cfg.sac.batch_size
+    torch.manual_seed(0)
+    agent = SAC(obs_dim, act_dim, cfg.sac)
+    buffer = ReplayBuffer(1000, obs_dim, act_dim)
+    objective = make_objective(cfg, obs_dim, act_dim)
+    obs = torch.randn(obs_dim)
+    action = agent.act(obs)
+    batch = Transition(torch.randn(rows, obs_dim), torch.rand(rows, act_dim) * 2 - 1,
+                       torch.randn(rows), torch.randn(rows, obs_dim), torch.zeros(rows))
+    dual_rows = cfg.tom.dual_batch
+
+    def dual_step() -> None:
+        loss = objective.dual_minibatch_loss(agent, batch.index(slice(0, dual_rows)),
+                                             torch.randn(dual_rows), batch.obs[:dual_rows])
+        objective.q_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        objective.q_opt.step()
+
+    steps = {
+        "a real step's action": lambda: agent.act(obs),
+        "a transition written to the buffer": lambda: buffer.add(
+            obs, action, 0.5, obs, 0.0, policy_updates=1),
+        "a SAC update": lambda: agent.update(batch),
+        "a TOM dual step": dual_step,
+    }
+    print(f"{args.env}, paper preset: kernels per step (a GPU's launches outside graphs, "
+          "or kernels inside one)")
+    print("| step | kernels | most frequent |")
+    print("| --- | --- | --- |")
+    for name, step in steps.items():
+        step()  # first calls create the optimisers' moments
+        ops = count(step)
+        common = ", ".join(f"{op} {n}" for op, n in ops.most_common(4))
+        print(f"| {name} | {sum(ops.values())} | {common} |")
+
+
+if __name__ == "__main__":
+    main()
