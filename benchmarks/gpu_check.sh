@@ -78,7 +78,9 @@ part() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
-python3 -c "import torch, gymnasium, mujoco, pydantic, tom
+# Everything the parts import, before any of them runs: a missing wheel ends the call in
+# seconds (one call's parts each failed at import for want of greenlet).
+python3 -c "import torch, gymnasium, mujoco, pydantic, greenlet, tom.population
 print('torch', torch.__version__, torch.cuda.get_device_name(), '| gymnasium',
       gymnasium.__version__, '| mujoco', mujoco.__version__)" || exit 1
 
