@@ -98,11 +98,7 @@ def refit_round(args: argparse.Namespace) -> None:
 
         def capture(b, r, shaping=shaping, captured=captured):
             stats, rho = shaping(b, r)
-            if callable(rho):  # versions before ρ came as a tensor: its function
-                with torch.no_grad():
-                    captured["rho"] = rho(b.all(), r)
-            else:
-                captured["rho"] = rho
+            captured["rho"] = rho
             return stats, rho
 
         obj._shaping_reward = capture

@@ -104,8 +104,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     ``steps_per_turn`` replaces `tom.turns.STEPS_PER_TURN` for the measurement (0: one turn
     per whole inner loop).
     With ``stack_seeds=true`` among the overrides, the runs' actions, SAC blocks,
-    discriminator and dual steps and model-fit epochs are stacked (also
-    for one run: a population of one, to compare with its plain work)."""
+    discriminator and dual steps and model-fit epochs are stacked (also for one run: a
+    population of one, to compare with its plain work)."""
     torch.set_num_threads(threads)
     if population < 1:
         raise ConfigError(f"--seeds = {population} is not allowed: it must be >= 1")

@@ -15,10 +15,11 @@ real step but also where it would otherwise wait for its own kernels (`tom.turns
 after its SAC block, each model-fit epoch, the discriminator's and the dual's training) and
 every 10 steps of those loops and of its evaluation (`tom.turns.in_turns`). The next members
 then launch their work while this member's runs. Measured on one H100 (before the passes
-every 10 steps), 2, 5 and 10 members made 1.17×, 1.39× and 1.51× one run's throughput; fewer
-graph launches did not help; the GPU runs the members' small kernels at once only partly (at
-most 3.7 SAC updates in the time of one, benchmarks/graph_streams.py) and was busy 82 % of
-the time with one member or ten (benchmarks/RESULTS.md). Grad mode and the current stream
+every 10 steps), 2, 5 and 10 members made 1.17×, 1.39× and 1.51× one run's throughput, and
+with them 10 members 2.15× on an H200; fewer graph launches did not help; the GPU runs the
+members' small kernels at once only partly (at most 3.7 SAC updates in the time of one,
+benchmarks/graph_streams.py) and was busy 82 % of the time with one member or ten on the
+H100 (benchmarks/RESULTS.md). Grad mode and the current stream
 are per thread, so each member keeps its own. On a CPU there is nothing to overlap, and
 threads cost: while more than one live thread has called MKL's matrix product (each keeps an
 OpenMP team of its own), every product takes about 1.5× as long on 2 cores
