@@ -162,18 +162,37 @@ def _gaussian_log_prob(y: Tensor, mean: Tensor, var: Tensor, logvar: Tensor) -> 
 
 def mixture_parts(out: Tensor, noise_var: Tensor | float, out_dim: int, components: int
                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """The MDN's log mixture weights, means and variances [..., out_dim, K] from its network's
-    output [..., 3·out_dim·K] and its learned noise variance softplus(raw_noise), shaped to
-    broadcast against [..., out_dim, K]."""
+    """The MDN's mixture logits (log weights up to a constant per row and dimension), means
+    and variances [..., out_dim, K] from its network's output [..., 3·out_dim·K] and its
+    learned noise variance softplus(raw_noise), shaped to broadcast against [..., out_dim, K].
+
+    The logits are left unnormalised: the density (`mixture_log_prob_dims`), the mean
+    (`mixture_mean`) and the Gumbel-max sample do not need them normalised, and on 2 CPU
+    threads PyTorch's ``log_softmax`` over 10 components costs as much as the rest of the
+    mixture's forward pass (benchmarks/RESULTS.md, twelfth session).
+    """
     logits, mean, raw_var = out.unflatten(-1, (3, out_dim, components)).unbind(-3)
-    var = F.softplus(raw_var) + noise_var + _MIN_VAR
-    return logits.log_softmax(-1), mean, var
+    # On a contiguous copy: on the strided view the CPU's softplus kernel is ~3x slower.
+    var = F.softplus(raw_var.contiguous()) + noise_var + _MIN_VAR
+    return logits, mean, var
 
 
-def mixture_log_prob_dims(log_w: Tensor, mean: Tensor, var: Tensor, y: Tensor) -> Tensor:
-    """Per-dimension mixture log-density [..., out_dim] of y [..., out_dim]."""
+def mixture_log_weights(logits: Tensor) -> Tensor:
+    """Normalised log mixture weights log softmax(logits) over the last dim."""
+    return logits - logits.logsumexp(-1, keepdim=True)
+
+
+def mixture_log_prob_dims(logits: Tensor, mean: Tensor, var: Tensor, y: Tensor) -> Tensor:
+    """Per-dimension mixture log-density [..., out_dim] of y [..., out_dim]:
+    log Σ_k softmax(logits)_k N(y; mean_k, var_k)
+    = logsumexp_k(logits_k + log N(y; mean_k, var_k)) − logsumexp_k(logits_k)."""
     comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
-    return torch.logsumexp(log_w + comp, -1)
+    return torch.logsumexp(logits + comp, -1) - torch.logsumexp(logits, -1)
+
+
+def mixture_mean(logits: Tensor, mean: Tensor) -> Tensor:
+    """The mixture's mean [..., out_dim]: Σ_k softmax(logits)_k mean_k."""
+    return (mixture_log_weights(logits).exp() * mean).sum(-1)
 
 
 def soft_logvar(raw: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tensor:
@@ -578,13 +597,18 @@ class MixtureDensityModel(DynamicsModel):
                              f"got {cfg.mdn_noise!r}")
 
     def mixture(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log mixture weights, means and variances, each [..., out_dim, K]."""
+        """Log mixture weights (normalised), means and variances, each [..., out_dim, K]."""
+        logits, mean, var = self._mixture_parts(x)
+        return mixture_log_weights(logits), mean, var
+
+    def _mixture_parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mixture logits (unnormalised), means and variances (`mixture_parts`)."""
         return mixture_parts(self.head(self.body(x)), F.softplus(self.raw_noise)[:, None],
                              self.out_dim, self.components)
 
     def _log_prob_dims(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-dimension mixture log-density [..., out_dim]."""
-        return mixture_log_prob_dims(*self.mixture(x), y)
+        return mixture_log_prob_dims(*self._mixture_parts(x), y)
 
     def _log_prob(self, x: Tensor, y: Tensor) -> Tensor:
         return self._log_prob_dims(x, y).sum(-1)
@@ -599,14 +623,15 @@ class MixtureDensityModel(DynamicsModel):
         return -self._log_prob(x, y)
 
     def _mean(self, x: Tensor) -> Tensor:
-        log_w, mean, _ = self.mixture(x)
-        return (log_w.exp() * mean).sum(-1)
+        logits, mean, _ = self._mixture_parts(x)
+        return mixture_mean(logits, mean)
 
     def _sample(self, x: Tensor) -> Tensor:
-        log_w, mean, var = self.mixture(x)
-        # Gumbel-max: one component per row and dimension, in one batched op.
-        gumbel = -torch.log(-torch.log(torch.rand_like(log_w).clamp_min(1e-20)))
-        k = (log_w + gumbel).argmax(-1, keepdim=True)
+        logits, mean, var = self._mixture_parts(x)
+        # Gumbel-max: one component per row and dimension, in one batched op (the logits'
+        # normalising constant does not move the argmax).
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
+        k = (logits + gumbel).argmax(-1, keepdim=True)
         mu, v = mean.gather(-1, k).squeeze(-1), var.gather(-1, k).squeeze(-1)
         return mu + v.sqrt() * torch.randn_like(mu)
 

@@ -37,6 +37,7 @@ from tom.dynamics import (
     _gaussian_log_prob,
     _weighted_mean,
     mixture_log_prob_dims,
+    mixture_mean,
     mixture_parts,
     soft_logvar,
 )
@@ -151,14 +152,14 @@ class StackedFit:
             raw_noise = views.get("raw_noise")
             noise_var = (0.0 if raw_noise is None  # (the variance is then not used)
                          else F.softplus(raw_noise)[:, None, :, None])
-            log_w, means, var = mixture_parts(h, noise_var, self.out_dim,
-                                              self.cfg.mdn_components)
+            logits, means, var = mixture_parts(h, noise_var, self.out_dim,
+                                               self.cfg.mdn_components)
 
             def nll_dims() -> Tensor:
-                return -mixture_log_prob_dims(log_w, means, var, y)
+                return -mixture_log_prob_dims(logits, means, var, y)
 
             def mean() -> Tensor:
-                return (log_w.exp() * means).sum(-1)
+                return mixture_mean(logits, means)
         else:
             gaussian_mean, raw = h.chunk(2, -1)
             max_logvar, min_logvar = views["max_logvar"], views["min_logvar"]  # [P·M, 1, out]
