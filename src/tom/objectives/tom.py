@@ -150,9 +150,10 @@ def discriminator_loss(disc: Discriminator, pos: Tensor, neg: Tensor, replay_lab
                        grad_penalty: float) -> Tensor:
     """BCE(D^π → 1) + BCE(R → replay_label), each a batch mean, summed (as the paper's code),
     plus ``grad_penalty`` × the gradient penalty on the logit."""
-    bce_pos = F.binary_cross_entropy_with_logits(disc(pos), torch.ones(len(pos), device=pos.device))
-    bce_neg = F.binary_cross_entropy_with_logits(
-        disc(neg), torch.full((len(neg),), replay_label, device=neg.device))
+    # One forward pass for both batches (their rows do not interact): half the operations.
+    on_pos, on_neg = disc(torch.cat([pos, neg])).split([len(pos), len(neg)])
+    bce_pos = F.binary_cross_entropy_with_logits(on_pos, torch.ones_like(on_pos))
+    bce_neg = F.binary_cross_entropy_with_logits(on_neg, torch.full_like(on_neg, replay_label))
     loss = bce_pos + bce_neg
     if grad_penalty > 0:
         loss = loss + grad_penalty * gradient_penalty(disc, pos, neg)
@@ -417,13 +418,19 @@ class TOMObjective(ReweightingObjective):
     def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
         """The dual loss on one minibatch of R (with its ρ) and of initial states s0;
         differentiable in the dual Q only (the policy's actions are drawn without grad)."""
+        samples = self.tom.next_action_samples
+        next_rows = batch.next_obs.repeat(samples, 1)  # as `next_value` takes them
         with torch.no_grad():
             a0 = agent.sample_action(s0)
-        residual = dual_residual(rho, self.q(batch.obs, batch.act),
-                                 next_value(self.q, agent, batch.next_obs,
-                                            self.tom.next_action_samples),
-                                 batch.done, self.gamma)
-        return dual_loss(self.q(s0, a0), residual, self.gamma, self.tom.divergence)
+            next_act = agent.sample_action(next_rows)
+        # One forward pass of the dual Q for the three batches (their rows do not interact):
+        # a third of the operations.
+        q, next_q, q0 = self.q(torch.cat([batch.obs, next_rows, s0]),
+                               torch.cat([batch.act, next_act, a0])
+                               ).split([len(batch.obs), len(next_rows), len(s0)])
+        residual = dual_residual(rho, q, next_q.view(samples, -1).mean(0), batch.done,
+                                 self.gamma)
+        return dual_loss(q0, residual, self.gamma, self.tom.divergence)
 
     # Step 3: unclipped weights for every transition in R, batched, no grad.
     @torch.no_grad()
