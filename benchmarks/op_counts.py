@@ -8,9 +8,13 @@ together on one GPU the host's work per real step bounds the throughput (benchma
 RESULTS.md). This counts, with a `TorchDispatchMode`, the operations that run a kernel
 (views left out) of: one real step's action (outside any graph), one write of a transition
 to the replay buffer (outside any graph), one SAC update (a graph's share: the forward and
-backward passes and the three Adam steps) and one TOM dual step (likewise), at the paper
+backward passes and the three Adam steps), one TOM dual step, one step of TOM's discriminator
+and one minibatch step of the model's fit (the mixture-density network; likewise), at the paper
 preset's sizes on the CPU. The counts are the same on every machine and run: a change's
-effect on them needs no GPU to measure.
+effect on them needs no GPU to measure. One exception: the mixture's log weights are one
+`log_softmax` kernel on a GPU and `logits − logsumexp(logits)` on the CPU
+(`tom.dynamics.mixture_log_weights`), so on a GPU the model-fit step runs 7 kernels fewer
+than counted here.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tom.buffer import ReplayBuffer, Transition
 from tom.config import resolve
+from tom.dynamics import make_model
 from tom.envs import get_task
 from tom.objectives import make_objective
+from tom.objectives.tom import Discriminator, discriminator_loss, sas
+from tom.optim import adam
 from tom.sac import SAC
 
 # Operations that make a view of their input and run no kernel.
@@ -78,12 +85,36 @@ def main() -> None:
         loss.backward()
         objective.q_opt.step()
 
+    disc = Discriminator(obs_dim, act_dim, cfg.tom.disc_hidden, batch)
+    disc_opt = adam(disc.parameters(), lr=cfg.tom.disc_lr)
+    disc_rows = sas(batch)[:cfg.tom.disc_batch]
+
+    def disc_step() -> None:
+        loss = discriminator_loss(disc, disc_rows, disc_rows.flip(0), cfg.tom.replay_label,
+                                  cfg.tom.grad_penalty)
+        disc_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        disc_opt.step()
+
+    model = make_model(cfg.model, obs_dim, act_dim, task.termination)
+    model_opt = adam(model.parameters(), lr=cfg.model.lr)
+    model_rows = cfg.model.batch_size
+    x, y = torch.randn(1, model_rows, model.in_dim), torch.randn(1, model_rows, model.out_dim)
+
+    def model_step() -> None:  # `DynamicsModel.fit`'s minibatch step, unweighted
+        loss = model._objective(x, y, None)
+        model_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model_opt.step()
+
     steps = {
         "a real step's action": lambda: agent.act(obs),
         "a transition written to the buffer": lambda: buffer.add(
             obs, action, 0.5, obs, 0.0, policy_updates=1),
         "a SAC update": lambda: agent.update(batch),
         "a TOM dual step": dual_step,
+        "a TOM discriminator step": disc_step,
+        f"a model-fit minibatch step ({cfg.model.kind})": model_step,
     }
     print(f"{args.env}, paper preset: kernels per step (a GPU's launches outside graphs, "
           "or kernels inside one)")

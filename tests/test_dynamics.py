@@ -17,6 +17,7 @@ from tom.dynamics import (
     MixtureDensityModel,
     ProbabilisticEnsemble,
     make_model,
+    mixture_log_weights,
 )
 
 OBS, ACT = 3, 2
@@ -245,6 +246,14 @@ def test_mdn_nll_is_per_dimension_mixture():
     mixture = MixtureSameFamily(Categorical(logits=log_w), Normal(mean, var.sqrt()))
     expected = -mixture.log_prob(y).sum(-1)
     assert torch.allclose(model.nll(data), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mixture_log_weights_are_log_softmax():
+    # The CPU's normalisation (logits − logsumexp) against PyTorch's log_softmax, including
+    # logits far apart, where a normalisation without the max shift overflows.
+    logits = torch.randn(64, 12, 10, generator=torch.Generator().manual_seed(3)) * 30
+    assert torch.allclose(mixture_log_weights(logits), logits.log_softmax(-1), atol=1e-5)
+    assert torch.allclose(mixture_log_weights(logits).exp().sum(-1), torch.ones(64, 12))
 
 
 def test_ensemble_nll_single_member_is_gaussian():

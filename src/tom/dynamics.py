@@ -166,10 +166,8 @@ def mixture_parts(out: Tensor, noise_var: Tensor | float, out_dim: int, componen
     and variances [..., out_dim, K] from its network's output [..., 3·out_dim·K] and its
     learned noise variance softplus(raw_noise), shaped to broadcast against [..., out_dim, K].
 
-    The logits are left unnormalised: the density (`mixture_log_prob_dims`), the mean
-    (`mixture_mean`) and the Gumbel-max sample do not need them normalised, and on 2 CPU
-    threads PyTorch's ``log_softmax`` over 10 components costs as much as the rest of the
-    mixture's forward pass (benchmarks/RESULTS.md, twelfth session).
+    The logits are left unnormalised: a Gumbel-max sample does not need them normalised, and
+    `mixture_log_weights` normalises them the way that is fastest on their device.
     """
     logits, mean, raw_var = out.unflatten(-1, (3, out_dim, components)).unbind(-3)
     # On a contiguous copy: on the strided view the CPU's softplus kernel is ~3x slower.
@@ -178,16 +176,22 @@ def mixture_parts(out: Tensor, noise_var: Tensor | float, out_dim: int, componen
 
 
 def mixture_log_weights(logits: Tensor) -> Tensor:
-    """Normalised log mixture weights log softmax(logits) over the last dim."""
+    """Normalised log mixture weights, log softmax(logits) over the last dim.
+
+    On a GPU PyTorch's ``log_softmax``, one kernel. On the CPU its kernel takes ~200 µs for a
+    minibatch's [256, 12, 10] logits on 2 threads, as long as the rest of the mixture's
+    forward pass; ``logits − logsumexp(logits)`` takes half of that (benchmarks/RESULTS.md,
+    twelfth session).
+    """
+    if logits.is_cuda:
+        return logits.log_softmax(-1)
     return logits - logits.logsumexp(-1, keepdim=True)
 
 
 def mixture_log_prob_dims(logits: Tensor, mean: Tensor, var: Tensor, y: Tensor) -> Tensor:
-    """Per-dimension mixture log-density [..., out_dim] of y [..., out_dim]:
-    log Σ_k softmax(logits)_k N(y; mean_k, var_k)
-    = logsumexp_k(logits_k + log N(y; mean_k, var_k)) − logsumexp_k(logits_k)."""
+    """Per-dimension mixture log-density [..., out_dim] of y [..., out_dim]."""
     comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
-    return torch.logsumexp(logits + comp, -1) - torch.logsumexp(logits, -1)
+    return torch.logsumexp(mixture_log_weights(logits) + comp, -1)
 
 
 def mixture_mean(logits: Tensor, mean: Tensor) -> Tensor:
