@@ -23,6 +23,25 @@ def test_bench_times_whole_epochs_of_every_phase():
     assert row["steps_per_s"] == pytest.approx(200 / row["wall_s"])
 
 
+def test_bench_counts_the_timed_model_fits_steps(monkeypatch):
+    """``model_fit_steps``: the minibatch steps of the fits in the timed epochs (not the first
+    fit from scratch), so the model phase can be compared per step."""
+    from tom.dynamics import DynamicsModel
+
+    steps, fit = [], DynamicsModel.fit
+
+    def spy(self, *args, **kwargs):
+        result = fit(self, *args, **kwargs)
+        steps.append(result.steps)
+        return result
+
+    monkeypatch.setattr(DynamicsModel, "fit", spy)
+    row = measure_throughput("inverted_pendulum", "mle", buffer_size=200, steps=200,
+                             preset="smoke")
+    assert len(steps) > 2 and row["model_fit_steps"] == sum(steps[1:]) > 0
+    assert f"{sum(steps[1:])} model-fit steps" in format_row(row)
+
+
 def test_bench_cli_appends_csv_rows(tmp_path, capsys):
     csv = tmp_path / "bench.csv"
     argv = ["bench", "--env", "inverted_pendulum", "--objective", "mle", "--preset", "smoke",

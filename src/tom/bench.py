@@ -26,6 +26,7 @@ import torch
 from tom import turns
 from tom.buffer import Transition
 from tom.config import ConfigError, resolve, set_value
+from tom.dynamics import FitResult
 from tom.mbpo import PHASES, Trainer
 from tom.population import Population
 
@@ -122,6 +123,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     for cfg in cfgs:
         set_value(cfg, "schedule.epochs", buffer_size // length + epochs)
     first_fit = 0.0
+    fit_steps: list[int] = []  # the model fits' minibatch steps in the timed steps, per run
 
     def prepared(cfg) -> Trainer:
         nonlocal first_fit
@@ -132,6 +134,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
         trainer._refit()  # the first fit from scratch: not part of a run's steady state
         first_fit += time.perf_counter() - start
         trainer.times.clear()
+        count_fit_steps(trainer, fit_steps)
         return trainer
 
     pop = Population()
@@ -167,11 +170,31 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
         "stack_seeds": cfgs[0].stack_seeds,
         **{f"time_{phase}": statistics.mean(t.times[phase] for t in trainers)
            for phase in PHASES},
+        "model_fit_steps": statistics.mean(fit_steps),
     }
+
+
+def count_fit_steps(trainer: Trainer, counts: list[int]) -> None:
+    """Count the minibatch steps of ``trainer``'s model fits from now on, in a new entry of
+    ``counts``. A fit runs until its holdout loss stops improving, so the model phase's
+    seconds follow how many steps the fits took; per step they compare across code versions
+    whose rounding (and so early stopping) differs."""
+    index, fit = len(counts), trainer.model.fit
+    counts.append(0)
+
+    def counted(*args: Any, **kwargs: Any) -> FitResult:
+        result = fit(*args, **kwargs)
+        counts[index] += result.steps
+        return result
+
+    trainer.model.fit = counted  # type: ignore[method-assign]
 
 
 def format_row(row: dict[str, Any]) -> str:
     phases = ", ".join(f"{p} {row[f'time_{p}']:.1f}" for p in PHASES)
+    if row.get("model_fit_steps"):
+        phases += (f" ({row['model_fit_steps']:.0f} model-fit steps, "
+                   f"{row['time_model'] / row['model_fit_steps'] * 1e3:.2f} ms each)")
     runs = (f", {row['population']} runs in turns (per run:)" if row["population"] > 1
             else "")
     if row.get("stack_seeds"):
