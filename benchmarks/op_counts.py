@@ -13,7 +13,7 @@ and one minibatch step of the model's fit (the mixture-density network; likewise
 preset's sizes on the CPU. The counts are the same on every machine and run: a change's
 effect on them needs no GPU to measure. One exception: the mixture's log weights are one
 `log_softmax` kernel on a GPU and `logits − logsumexp(logits)` on the CPU
-(`tom.dynamics.mixture_log_weights`), so on a GPU the model-fit step runs 7 kernels fewer
+(`tom.dynamics.mixture_log_weights`), so on a GPU the model-fit step runs 6 kernels fewer
 than counted here.
 """
 
