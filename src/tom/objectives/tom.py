@@ -287,10 +287,15 @@ def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
     One sample (the paper's code) is unbiased for V but not inside the convex conjugate of the
     dual, where the noise biases the minimiser; more samples shrink that bias.
     """
+    rows, act = next_state_actions(agent, next_obs, samples)
+    return q(rows, act).view(samples, -1).mean(0)
+
+
+def next_state_actions(agent, next_obs: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """The rows s′ repeated ``samples`` times, and a′ ~ π(s′) for each, drawn without grad."""
     rows = next_obs.repeat(samples, 1)
     with torch.no_grad():
-        act = agent.sample_action(rows)
-    return q(rows, act).view(samples, -1).mean(0)
+        return rows, agent.sample_action(rows)
 
 
 # -- the dual's random inputs drawn ahead, for runs stacked (tom.stacked_tom) ------------------
@@ -419,10 +424,9 @@ class TOMObjective(ReweightingObjective):
         """The dual loss on one minibatch of R (with its ρ) and of initial states s0;
         differentiable in the dual Q only (the policy's actions are drawn without grad)."""
         samples = self.tom.next_action_samples
-        next_rows = batch.next_obs.repeat(samples, 1)  # as `next_value` takes them
         with torch.no_grad():
             a0 = agent.sample_action(s0)
-            next_act = agent.sample_action(next_rows)
+        next_rows, next_act = next_state_actions(agent, batch.next_obs, samples)
         # One forward pass of the dual Q for the three batches (their rows do not interact):
         # a third of the operations.
         q, next_q, q0 = self.q(torch.cat([batch.obs, next_rows, s0]),
