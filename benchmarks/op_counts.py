@@ -11,10 +11,7 @@ to the replay buffer (outside any graph), one SAC update (a graph's share: the f
 backward passes and the three Adam steps), one TOM dual step, one step of TOM's discriminator
 and one minibatch step of the model's fit (the mixture-density network; likewise), at the paper
 preset's sizes on the CPU. The counts are the same on every machine and run: a change's
-effect on them needs no GPU to measure. One exception: the mixture's log weights are one
-`log_softmax` kernel on a GPU and `logits − logsumexp(logits)` on the CPU
-(`tom.dynamics.mixture_log_weights`), so on a GPU the model-fit step runs 6 kernels fewer
-than counted here.
+effect on them needs no GPU to measure.
 """
 
 from __future__ import annotations

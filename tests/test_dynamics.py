@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 from tom.buffer import Transition
@@ -17,7 +18,6 @@ from tom.dynamics import (
     MixtureDensityModel,
     ProbabilisticEnsemble,
     make_model,
-    mixture_log_weights,
 )
 
 OBS, ACT = 3, 2
@@ -248,12 +248,53 @@ def test_mdn_nll_is_per_dimension_mixture():
     assert torch.allclose(model.nll(data), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_mixture_log_weights_are_log_softmax():
-    # The CPU's normalisation (logits − logsumexp) against PyTorch's log_softmax, including
-    # logits far apart, where a normalisation without the max shift overflows.
-    logits = torch.randn(64, 12, 10, generator=torch.Generator().manual_seed(3)) * 30
-    assert torch.allclose(mixture_log_weights(logits), logits.log_softmax(-1), atol=1e-5)
-    assert torch.allclose(mixture_log_weights(logits).exp().sum(-1), torch.ones(64, 12))
+def _pinned_head(components: int, logits: Tensor, means: Tensor, raw_var: Tensor):
+    """An MDN whose head ignores its input: its bias holds the mixture's parts per target
+    dimension and component ([out_dim, K] each), in the head's documented unit order
+    (logits, means, raw variances; dimension-major, component fastest), noise floor ~0."""
+    model = new_model("mdn", mdn_components=components)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.cat([logits.flatten(), means.flatten(), raw_var.flatten()]))
+        model.raw_noise.fill_(-40.0)
+    return model
+
+
+def test_mdn_head_units_are_logits_means_variances_per_dimension_and_component():
+    # Checkpoints depend on this order; the NLL is computed from the bias directly.
+    K, D = 3, 1 + OBS
+    g = torch.Generator().manual_seed(5)
+    logits, means, raw_var = (torch.randn(D, K, generator=g) for _ in range(3))
+    model = _pinned_head(K, logits, means, raw_var)
+    x = torch.randn(2, 5, OBS + ACT, generator=g)  # leading dims kept
+    y = torch.randn(2, 5, D, generator=g)
+    var = torch.nn.functional.softplus(raw_var) + 1e-6
+    mixture = MixtureSameFamily(Categorical(logits=logits), Normal(means, var.sqrt()))
+    expected = -mixture.log_prob(y)  # [2, 5, D]
+    assert torch.allclose(model._member_nll_dims(x, y), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(model._nll(x, y), expected.sum(-1), rtol=1e-5, atol=1e-5)
+    log_w, mean, v = model.mixture(x)
+    assert log_w.shape == (2, 5, D, K)
+    assert torch.allclose(log_w, logits.log_softmax(-1).expand(2, 5, D, K), atol=1e-6)
+    assert torch.equal(mean, means.expand(2, 5, D, K))
+    assert torch.allclose(v, var.expand(2, 5, D, K))
+    assert torch.allclose(model._mean(x), (logits.softmax(-1) * means).sum(-1).expand(2, 5, D))
+
+
+def test_mdn_samples_components_by_their_weights_per_dimension():
+    # Component k of dimension d sits at mean 10·k + d with a tiny variance, so a sample names
+    # its component; the weights differ per dimension.
+    K, D, n = 3, 1 + OBS, 20_000
+    weights = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [1 / 3] * 3])
+    means = 10.0 * torch.arange(K) + torch.arange(D)[:, None]
+    model = _pinned_head(K, weights.log(), means, torch.full((D, K), -30.0))
+    torch.manual_seed(6)
+    y = model._sample(torch.zeros(n, OBS + ACT))
+    assert y.shape == (n, D)
+    component = ((y - torch.arange(D)) / 10.0).round().long()
+    assert torch.allclose((y - torch.arange(D)) / 10.0, component.float(), atol=1e-3)
+    frequencies = torch.stack([(component == k).float().mean(0) for k in range(K)], -1)
+    assert torch.allclose(frequencies, weights, atol=0.015)  # ~4 standard errors
 
 
 def test_ensemble_nll_single_member_is_gaussian():

@@ -163,40 +163,41 @@ def _gaussian_log_prob(y: Tensor, mean: Tensor, var: Tensor, logvar: Tensor) -> 
 def mixture_parts(out: Tensor, noise_var: Tensor | float, out_dim: int, components: int
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """The MDN's mixture logits (log weights up to a constant per row and dimension), means
-    and variances [..., out_dim, K] from its network's output [..., 3·out_dim·K] and its
-    learned noise variance softplus(raw_noise), shaped to broadcast against [..., out_dim, K].
+    and variances, each [..., out_dim, K, N], from its head's output for N rows laid out
+    component-major, [..., 3·out_dim·K, N] (unit u of the head in row u: the head's
+    transposed product, `head_rows`), and its learned noise variance softplus(raw_noise),
+    shaped to broadcast against [..., out_dim, K, N].
 
-    The logits are left unnormalised: a Gumbel-max sample does not need them normalised, and
-    `mixture_log_weights` normalises them the way that is fastest on their device.
+    Why component-major: on a CPU a reduction or broadcast over the K = 10 components of
+    [N, out_dim, K] tensors runs a short loop per (row, dimension), while over [out_dim, K, N]
+    it runs vectorised along the rows; a model-fit step at the paper's sizes is ~10 % faster
+    this way (benchmarks/RESULTS.md, thirteenth session). The logits are left unnormalised:
+    a Gumbel-max draw does not need them normalised.
     """
-    logits, mean, raw_var = out.unflatten(-1, (3, out_dim, components)).unbind(-3)
-    # On a contiguous copy: on the strided view the CPU's softplus kernel is ~3x slower.
-    var = F.softplus(raw_var.contiguous()) + noise_var + _MIN_VAR
+    logits, mean, raw_var = out.unflatten(-2, (3, out_dim, components)).unbind(-4)
+    var = F.softplus(raw_var) + noise_var + _MIN_VAR
     return logits, mean, var
 
 
-def mixture_log_weights(logits: Tensor) -> Tensor:
-    """Normalised log mixture weights, log softmax(logits) over the last dim.
-
-    On a GPU PyTorch's ``log_softmax``, one kernel. On the CPU its kernel takes ~200 µs for a
-    minibatch's [256, 12, 10] logits on 2 threads, as long as the rest of the mixture's
-    forward pass; ``logits − logsumexp(logits)`` takes half of that (benchmarks/RESULTS.md,
-    twelfth session).
-    """
-    if logits.is_cuda:
-        return logits.log_softmax(-1)
-    return logits - logits.logsumexp(-1, keepdim=True)
+def head_rows(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """A linear layer's output for the rows of x [..., N, in], transposed: [..., out, N]
+    (weight [..., out, in], bias [..., out]), without a copy: the product itself is taken
+    transposed."""
+    if x.dim() == 2:
+        return torch.addmm(bias[:, None], weight, x.T)
+    return torch.baddbmm(bias[..., None], weight, x.transpose(-1, -2))
 
 
 def mixture_log_prob_dims(logits: Tensor, mean: Tensor, var: Tensor, y: Tensor) -> Tensor:
-    """Per-dimension mixture log-density [..., out_dim] of y [..., out_dim]."""
-    comp = _gaussian_log_prob(y[..., None], mean, var, var.log())
-    return torch.logsumexp(mixture_log_weights(logits) + comp, -1)
+    """Per-dimension mixture log-density [..., out_dim, N] of targets y [..., out_dim, N]
+    (component-major, as `mixture_parts`)."""
+    comp = _gaussian_log_prob(y[..., None, :], mean, var, var.log())
+    return torch.logsumexp(logits.log_softmax(-2) + comp, -2)
 
 
 def mixture_mean(logits: Tensor, mean: Tensor) -> Tensor:
-    """The mixture's mean [..., out_dim]: Σ_k softmax(logits)_k mean_k."""
-    return (mixture_log_weights(logits).exp() * mean).sum(-1)
+    """The mixture's mean [..., out_dim, N]: Σ_k softmax(logits)_k mean_k."""
+    return (logits.softmax(-2) * mean).sum(-2)
 
 
 def soft_logvar(raw: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tensor:
@@ -601,43 +602,56 @@ class MixtureDensityModel(DynamicsModel):
                              f"got {cfg.mdn_noise!r}")
 
     def mixture(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log mixture weights (normalised), means and variances, each [..., out_dim, K]."""
+        """Log mixture weights (normalised), means and variances, each [..., out_dim, K] for
+        x [..., in]."""
         logits, mean, var = self._mixture_parts(x)
-        return mixture_log_weights(logits), mean, var
+        log_w, mean, var = (t.movedim(-1, 0).reshape(*x.shape[:-1], self.out_dim,
+                                                     self.components)
+                            for t in (logits.log_softmax(-2), mean, var))
+        return log_w, mean, var
 
     def _mixture_parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mixture logits (unnormalised), means and variances (`mixture_parts`)."""
-        return mixture_parts(self.head(self.body(x)), F.softplus(self.raw_noise)[:, None],
-                             self.out_dim, self.components)
+        """Mixture logits (unnormalised), means and variances, [out_dim, K, N] for the N rows
+        of x [..., in] (`mixture_parts`)."""
+        h = self.body(x.reshape(-1, self.in_dim))
+        return mixture_parts(head_rows(h, self.head.weight, self.head.bias),
+                             F.softplus(self.raw_noise)[:, None, None], self.out_dim,
+                             self.components)
 
-    def _log_prob_dims(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-dimension mixture log-density [..., out_dim]."""
-        return mixture_log_prob_dims(*self._mixture_parts(x), y)
+    def _rows(self, t: Tensor, x: Tensor) -> Tensor:
+        """[out_dim, N] (component-major) -> [..., out_dim] for the rows of x [..., in]."""
+        return t.T.reshape(*x.shape[:-1], self.out_dim)
+
+    def _log_prob_dims_t(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-dimension mixture log-density [out_dim, N] of y [..., out_dim] at x [..., in]."""
+        y_t = y.expand(*x.shape[:-1], self.out_dim).reshape(-1, self.out_dim).T.contiguous()
+        return mixture_log_prob_dims(*self._mixture_parts(x), y_t)
 
     def _log_prob(self, x: Tensor, y: Tensor) -> Tensor:
-        return self._log_prob_dims(x, y).sum(-1)
+        return self._log_prob_dims_t(x, y).sum(0).reshape(x.shape[:-1])
 
     def _member_nll(self, x: Tensor, y: Tensor) -> Tensor:
         return -self._log_prob(x, y)
 
     def _member_nll_dims(self, x: Tensor, y: Tensor) -> Tensor:
-        return -self._log_prob_dims(x, y)
+        return -self._rows(self._log_prob_dims_t(x, y), x)
 
     def _nll(self, x: Tensor, y: Tensor) -> Tensor:
         return -self._log_prob(x, y)
 
     def _mean(self, x: Tensor) -> Tensor:
         logits, mean, _ = self._mixture_parts(x)
-        return mixture_mean(logits, mean)
+        return self._rows(mixture_mean(logits, mean), x)
 
     def _sample(self, x: Tensor) -> Tensor:
         logits, mean, var = self._mixture_parts(x)
         # Gumbel-max: one component per row and dimension, in one batched op (the logits'
         # normalising constant does not move the argmax).
         gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
-        k = (logits + gumbel).argmax(-1, keepdim=True)
-        mu, v = mean.gather(-1, k).squeeze(-1), var.gather(-1, k).squeeze(-1)
-        return mu + v.sqrt() * torch.randn_like(mu)
+        # (`max`'s indices: on the CPU `argmax` over a middle dim is ~10x slower than `max`.)
+        k = (logits + gumbel).max(-2, keepdim=True).indices
+        mu, v = mean.gather(-2, k).squeeze(-2), var.gather(-2, k).squeeze(-2)
+        return self._rows(mu + v.sqrt() * torch.randn_like(mu), x)
 
 
 def _mbpo_decays(layers: int) -> list[float]:

@@ -36,6 +36,7 @@ from tom.dynamics import (
     ProbabilisticEnsemble,
     _gaussian_log_prob,
     _weighted_mean,
+    head_rows,
     mixture_log_prob_dims,
     mixture_mean,
     mixture_parts,
@@ -144,23 +145,28 @@ class StackedFit:
         views = dict(zip(form.names, form.net.stacked(form.net.flat), strict=True))
         weight_views = [views[name] for name in form.weights]
         bias_views = [views[name] for name in form.biases]
-        if self.mdn:  # an nn.Linear bias [P, out] -> [P, 1, out]
-            bias_views = [b[:, None] for b in bias_views]
-        h = mlp(list(zip(weight_views, bias_views, strict=True)), x, F.silu)
         if self.mdn:
+            # The body as `mlp` (an nn.Linear bias [P, out] -> [P, 1, out]), its head's
+            # product transposed, as `MixtureDensityModel` takes it: [P, units, batch].
+            body = [(w, b[:, None]) for w, b in zip(weight_views[:-1], bias_views[:-1],
+                                                     strict=True)]
+            h = F.silu(mlp(body, x, F.silu))
+            out = head_rows(h, weight_views[-1].transpose(1, 2), bias_views[-1])
             # [P, 1] ('shared') or [P, out_dim] ('per-dim'); absent: a mean-only fit's
             raw_noise = views.get("raw_noise")
             noise_var = (0.0 if raw_noise is None  # (the variance is then not used)
-                         else F.softplus(raw_noise)[:, None, :, None])
-            logits, means, var = mixture_parts(h, noise_var, self.out_dim,
+                         else F.softplus(raw_noise)[:, :, None, None])
+            logits, means, var = mixture_parts(out, noise_var, self.out_dim,
                                                self.cfg.mdn_components)
 
-            def nll_dims() -> Tensor:
-                return -mixture_log_prob_dims(logits, means, var, y)
+            def nll_dims() -> Tensor:  # [P, batch, out_dim]
+                y_t = y.transpose(1, 2).contiguous()
+                return -mixture_log_prob_dims(logits, means, var, y_t).transpose(1, 2)
 
             def mean() -> Tensor:
-                return mixture_mean(logits, means)
+                return mixture_mean(logits, means).transpose(1, 2)
         else:
+            h = mlp(list(zip(weight_views, bias_views, strict=True)), x, F.silu)
             gaussian_mean, raw = h.chunk(2, -1)
             max_logvar, min_logvar = views["max_logvar"], views["min_logvar"]  # [P·M, 1, out]
             logvar = soft_logvar(raw, max_logvar, min_logvar)
