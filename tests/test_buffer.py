@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tom.buffer import ReplayBuffer, Transition, weighted_indices
+from tom.buffer import ReplayBuffer, Transition, WeightedIndices, weighted_indices
 
 
 def _fill(buf: ReplayBuffer, n: int, start: int = 0) -> None:
@@ -112,6 +112,25 @@ def test_weighted_sampling_frequencies_match_weights():
     counts = torch.bincount(buf.sample(draws).reward.long(), minlength=8).double()
     chi2 = ((counts - draws / 8) ** 2 / (draws / 8)).sum().item()
     assert chi2 < 24.32 and math.isfinite(chi2)  # chi2.ppf(0.999, df=7)
+
+
+def test_weighted_draws_at_the_ends_of_the_range_skip_zero_weight_rows(monkeypatch):
+    """A uniform draw of 0 or one that rounds up to the total lands on the first or last row of
+    positive weight, not on the zero-weight rows around them; many draws from one prepared set
+    of weights follow them like one-off draws."""
+    weights = torch.tensor([0.0, 0.0, 2.0, 0.0, 5.0, 1.0, 0.0, 0.0])
+    sampler = WeightedIndices(weights)
+    for u, row in ((0.0, 2), (1.0, 5)):
+        monkeypatch.setattr(torch, "rand", lambda n, u=u, **kw: torch.full((n,), u, **kw))
+        assert sampler.draw(3).tolist() == [row] * 3
+    monkeypatch.undo()
+    torch.manual_seed(1)
+    counts = torch.bincount(torch.cat([sampler.draw(1_000) for _ in range(80)]), minlength=8)
+    expected = 80_000 * weights.double() / weights.sum()
+    support = weights > 0
+    assert (counts[~support] == 0).all()
+    chi2 = ((counts.double() - expected)[support] ** 2 / expected[support]).sum().item()
+    assert chi2 < 13.82, chi2  # chi2.ppf(0.999, df=2)
 
 
 def test_minibatches_drawn_at_once_are_whole_independent_uniform_rows():

