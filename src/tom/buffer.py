@@ -45,8 +45,9 @@ class WeightedIndices:
     The cumulative weights are summed once, in float64, and a draw is one binary search per
     index, O(num · log n): `torch.multinomial` sums all n weights again at every call, so a
     model-fit step's draw grew with the buffer (256 rows on 2 CPU threads: 40 µs from 18 000
-    rows and 105 µs from 90 000; prepared, 21 and 28 µs). Uses the global torch RNG. ``check=False`` skips the check of the values (a host read on a
-    GPU), for callers that checked them already.
+    rows and 105 µs from 90 000; prepared, 21 and 28 µs). Uses the global torch RNG.
+    ``check=False`` skips the check of the values (a host read on a GPU), for callers that
+    checked them already.
     """
 
     def __init__(self, weights: Tensor, check: bool = True) -> None:
