@@ -64,9 +64,6 @@ class WeightedIndices:
         # on zero-weight rows after it (on the device: no host read).
         self._last = len(weights) - 1 - (weights.flip(0) > 0).int().argmax()
 
-    def __len__(self) -> int:
-        return len(self.weights)
-
     def draw(self, num: int) -> Tensor:
         """``num`` indices [num]."""
         u = torch.rand(num, dtype=torch.float64, device=self.weights.device)
