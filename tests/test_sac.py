@@ -288,3 +288,33 @@ def test_a_block_of_updates_is_those_updates_one_after_another():
         for i, moments in a[opt]["state"].items():
             for key, value in moments.items():
                 assert torch.equal(b[opt]["state"][i][key], value), (opt, i, key)
+
+
+def test_in_place_relus_change_no_bit_of_an_update():
+    """The actor's and critics' ReLUs overwrite their layer's output (`tom.sac.mlp`): the same
+    updates as with out-of-place ReLUs, bit for bit (weights, targets and Adam moments)."""
+    in_place, out_of_place = make_agent(seed=0), make_agent(seed=0)
+    relus = [m for net in (out_of_place.actor, out_of_place.critic) for m in net.modules()
+             if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) == 4 and all(relu.inplace for relu in relus)
+    for relu in relus:
+        relu.inplace = False
+    for agent in (in_place, out_of_place):
+        torch.manual_seed(3)
+        for seed in range(3):
+            agent.update(make_batch(seed=seed))
+    a, b = in_place.state_dict(), out_of_place.state_dict()
+    for part in ("actor", "critic", "critic_target", "critic_opt", "actor_opt"):
+        flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
+        assert len(flat_a) == len(flat_b) > 0
+        assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)), part
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, list | tuple):
+        return [t for item in tree for t in _tensors(item)]
+    return []

@@ -38,10 +38,17 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 def mlp(in_dim: int, out_dim: int, hidden_size: int, hidden_layers: int) -> nn.Sequential:
-    """A ReLU multilayer perceptron with ``hidden_layers`` hidden layers."""
+    """A ReLU multilayer perceptron with ``hidden_layers`` hidden layers.
+
+    The ReLUs work in place: a linear layer's backward needs its input, not its output, and a
+    ReLU's needs only its result, so overwriting the layer's output loses nothing and saves a
+    pass over a fresh activation tensor (the same bits; a SAC update 5-9 % faster on 2 CPU
+    threads, benchmarks/RESULTS.md).
+    """
     layers: list[nn.Module] = []
     for i in range(hidden_layers):
-        layers += [nn.Linear(in_dim if i == 0 else hidden_size, hidden_size), nn.ReLU()]
+        layers += [nn.Linear(in_dim if i == 0 else hidden_size, hidden_size),
+                   nn.ReLU(inplace=True)]
     layers.append(nn.Linear(hidden_size, out_dim))
     return nn.Sequential(*layers)
 
@@ -103,7 +110,8 @@ class TwinQ(nn.Module):
         layers: list[nn.Module] = []
         in_dim = obs_dim + act_dim
         for i in range(hidden_layers):
-            layers += [StackedLinear(2, in_dim if i == 0 else hidden_size, hidden_size), nn.ReLU()]
+            layers += [StackedLinear(2, in_dim if i == 0 else hidden_size, hidden_size),
+                       nn.ReLU(inplace=True)]  # in place, as in `mlp`
         layers.append(StackedLinear(2, hidden_size, 1))
         self.net = nn.Sequential(*layers)
 

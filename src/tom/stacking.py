@@ -81,8 +81,9 @@ class FlatStack:
 
 
 def mlp(layers: list[tuple[Tensor, Tensor]], x: Tensor,
-        activation: Callable[[Tensor], Tensor] = F.relu) -> Tensor:
-    """A stacked multilayer perceptron: [rows, batch, in] -> [rows, batch, out]."""
+        activation: Callable[[Tensor], Tensor] = F.relu_) -> Tensor:
+    """A stacked multilayer perceptron: [rows, batch, in] -> [rows, batch, out]. The default
+    ReLU works in place on each layer's fresh output, as `tom.sac.mlp`'s."""
     for k, (weight, bias) in enumerate(layers):
         x = torch.baddbmm(bias, x, weight)
         if k < len(layers) - 1:
