@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
-from tom.buffer import Transition
+from tom.buffer import Transition, WeightedIndices
 from tom.config import ModelConfig
 from tom.dynamics import (
     FitResult,
@@ -158,7 +158,9 @@ def test_resampled_minibatches_follow_the_weights():
     model = new_model("ensemble")
     torch.manual_seed(12)
     w = torch.tensor([0.5, 1.0, 2.0, 3.0, 0.0, 7.0, 1.5, 4.0, 0.25, 10.0])
-    draws = torch.cat([model.draw_indices(w, len(w), (3, 128)).flatten() for _ in range(60)])
+    prepared = WeightedIndices(w)
+    draws = torch.cat([model.draw_indices(prepared, len(w), (3, 128)).flatten()
+                       for _ in range(60)])
     counts = torch.bincount(draws, minlength=len(w)).double()
     expected = w.double() / w.sum() * len(draws)
     assert counts[4] == 0  # zero weight: never drawn

@@ -402,18 +402,15 @@ class DynamicsModel(nn.Module, ABC):
             return self._nll(x, y)
         return (dw * (self._mean(x) - y) ** 2).sum(-1)
 
-    def draw_indices(self, weights: Tensor | WeightedIndices | None, n: int,
+    def draw_indices(self, weights: WeightedIndices | None, n: int,
                      shape: tuple[int, int]) -> Tensor:
-        """Training-split indices [members, batch] of one minibatch: ∝ weights (a tensor, or
-        prepared once for a fit's many draws), or uniform.
+        """Training-split indices [members, batch] of one minibatch: ∝ weights (prepared once
+        for a fit's many draws), or uniform.
 
         Every minibatch of a fit comes from here (tests observe it to check frequencies).
         """
         if weights is None:
             return torch.randint(n, shape, device=self.in_mean.device)
-        # `fit` checked the weights once (check_weights, a positive sum on the training split).
-        if not isinstance(weights, WeightedIndices):
-            weights = WeightedIndices(weights, check=False)
         return weights.draw(shape[0] * shape[1]).view(shape)
 
     @torch.no_grad()
@@ -485,7 +482,8 @@ class DynamicsModel(nn.Module, ABC):
         self.mean_only = dw is not None
         resample = cfg.weighting == "resample"
         loss_w = None if resample else w_tr  # per-row weights inside the loss
-        # The minibatches' draws ∝ w_tr, prepared once for the fit's steps.
+        # The minibatches' draws ∝ w_tr, prepared once for the fit's steps (w_tr was checked
+        # above: a positive sum on the training split).
         draw_w = WeightedIndices(w_tr, check=False) if resample and w_tr is not None else None
         if self._optimizer is None:
             self._optimizer = adam(self.parameters(), lr=cfg.lr, capturable=self.cuda_graph)
