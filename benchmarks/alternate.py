@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from tom.cli import build_parser
+from tom.outputs import append_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["objective", "buffer_size"]
@@ -104,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                cwd=ROOT, capture_output=True)
     rows = pd.concat(frames, ignore_index=True)
     if args.csv:
-        path = Path(args.csv)
-        rows.to_csv(path, mode="a", header=not path.exists(), index=False)
+        append_csv(Path(args.csv), rows)
     per_round, medians = summary(rows)
     print("\nreal steps/s, head over base:")
     print(per_round.to_string(index=False, float_format="{:.2f}".format))

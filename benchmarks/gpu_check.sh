@@ -7,7 +7,9 @@
 #      CUDA's default 8 hardware queues for streams and with 32, and for blocks of 20
 #      updates in one graph (as the loop replays them);
 #   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
-#      one epoch, for each objective eager (cuda_graph=false) and with CUDA graphs (the default);
+#      one epoch, for each objective eager (compile=false cuda_graph=false), with CUDA graphs
+#      (compile=false) and as the paper preset runs (compiled, with CUDA graphs; the bench
+#      prints its speed without the seconds of compiling too);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
 #      and compiled; the model step; a rollout step; a TOM refit;
 #   4. the population scaling of the inner steps (population.py --device cuda), stacked
@@ -84,9 +86,10 @@ python3 -c "import torch, gymnasium, mujoco, pydantic, greenlet, tom.population
 print('torch', torch.__version__, torch.cuda.get_device_name(), '| gymnasium',
       gymnasium.__version__, '| mujoco', mujoco.__version__)" || exit 1
 
-bench() {  # bench OBJECTIVE [eager|graph]
-    local extra=(--set cuda_graph=true)
-    [ "$2" = eager ] && extra=(--set cuda_graph=false)
+bench() {  # bench OBJECTIVE eager|graph|preset
+    local extra=()
+    [ "$2" = eager ] && extra=(--set compile=false cuda_graph=false)
+    [ "$2" = graph ] && extra=(--set compile=false cuda_graph=true)
     part "bench_$1_$2" 200 python3 -m tom.cli bench --env hopper --objective "$1" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --csv "$OUT/bench.csv" \
         "${extra[@]}"
@@ -100,6 +103,7 @@ part streams_block 120 python3 benchmarks/graph_streams.py --members 1 2 5 10 --
 part streams_connections 120 env CUDA_DEVICE_MAX_CONNECTIONS=32 \
     python3 benchmarks/graph_streams.py --members 1 2 5 10
 first=${OBJECTIVES%% *}
+bench "$first" preset
 bench "$first" eager
 bench "$first" graph
 part micro 150 python3 benchmarks/throughput.py micro --device cuda --threads 2 --repeats 5 \
@@ -160,6 +164,7 @@ if [ -n "${PAPER_CODE:-}" ]; then
         --threads 2 --csv "$OUT/paper_code.csv"
 fi
 for objective in ${OBJECTIVES#"$first"}; do
+    bench "$objective" preset
     bench "$objective" eager
     bench "$objective" graph
 done

@@ -52,6 +52,35 @@ def test_bench_cli_appends_csv_rows(tmp_path, capsys):
     assert "real steps/s" in capsys.readouterr().out
 
 
+def test_bench_csv_rows_land_under_their_own_columns_in_an_older_file(tmp_path):
+    """A CSV from an older version lacks this version's columns: the new row's values stay
+    under their own headers (a plain append would shift them under others)."""
+    csv = tmp_path / "bench.csv"
+    pd.DataFrame([{"env": "hopper", "steps_per_s": 9.5, "commit": "old"}]).to_csv(csv,
+                                                                                 index=False)
+    argv = ["bench", "--env", "inverted_pendulum", "--objective", "mle", "--preset", "smoke",
+            "--buffer-size", "200", "--steps", "200", "--threads", "1", "--csv", str(csv)]
+    assert main(argv) == 0
+    rows = pd.read_csv(csv)
+    assert list(rows["env"]) == ["hopper", "inverted_pendulum"]
+    assert rows["steps_per_s"].iloc[0] == 9.5 and rows["steps_per_s"].iloc[1] > 0
+    assert pd.isna(rows["compile_s"].iloc[0]) and rows["compile_s"].iloc[1] == 0
+
+
+def test_bench_reports_the_speed_without_the_seconds_of_compiling():
+    """Compiled, the critic's loss compiles at the timed epoch's first SAC update: the row
+    gives those seconds and the speed without them (a run compiles once); eager, none."""
+    torch._dynamo.reset()
+    kw = dict(buffer_size=200, steps=200, preset="smoke")
+    eager = measure_throughput("inverted_pendulum", "mle", **kw)
+    assert eager["compile_s"] == 0 and eager["steps_per_s_compiled"] == eager["steps_per_s"]
+    fast = measure_throughput("inverted_pendulum", "mle", overrides=["compile=true"], **kw)
+    assert 0 < fast["compile_s"] < fast["wall_s"]
+    assert fast["steps_per_s_compiled"] == pytest.approx(
+        fast["steps"] / (fast["wall_s"] - fast["compile_s"]))
+    assert f"without its {fast['compile_s']:.1f} s of compiling" in format_row(fast)
+
+
 def test_bench_rejects_a_buffer_that_is_not_whole_epochs():
     with pytest.raises(ValueError, match="multiple of the epoch length"):
         measure_throughput("hopper", "mle", buffer_size=250, steps=200, preset="smoke")

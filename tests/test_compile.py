@@ -14,7 +14,7 @@ import torch._dynamo
 import torch._dynamo.exc
 
 from tom.buffer import ReplayBuffer, Transition
-from tom.compile import compiled
+from tom.compile import compiled, seconds_compiling
 from tom.config import SACConfig, resolve
 from tom.dynamics import make_model
 from tom.envs import get_task
@@ -80,6 +80,30 @@ def test_errors_of_the_function_itself_are_not_swallowed(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: bad)
     with pytest.raises(ValueError, match="shape mismatch"):
         compiled(lambda x: x, True)(torch.zeros(1))
+
+
+def test_seconds_compiling_count_the_forward_and_the_lazy_backward_compile_only():
+    """The clock runs while a function compiles at its first call and while its backward
+    graph compiles at the first backward pass, and stands still once both are compiled.
+    (Without the on-disk caches: where they hold the graphs, both load at the first call.)"""
+    import torch._functorch.config
+    import torch._inductor.config
+
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    fn = compiled(lambda x: net(x).square().mean(), True)
+    x = torch.randn(5, 3)
+    before = seconds_compiling()
+    with (torch._functorch.config.patch(enable_autograd_cache=False),
+          torch._inductor.config.patch(fx_graph_cache=False)):
+        loss = fn(x)
+        forward = seconds_compiling()
+        loss.backward()
+        backward = seconds_compiling()
+    assert before < forward < backward
+    fn(x).backward()
+    fn(x + 1).backward()
+    assert seconds_compiling() == backward
 
 
 def _agents(**cfg) -> tuple[SAC, SAC]:

@@ -42,6 +42,16 @@ def test_paper_preset_is_algorithm_section_7():
         10.0, 0.1, 3e-4, 1e-4)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_paper_preset_compiles_and_a_setting_turns_it_off(device):
+    """Paper runs last hours and compile once (tom.compile); laptop presets stay eager."""
+    assert resolve("hopper", "tom", preset="paper", device=device).compile
+    assert not resolve("hopper", "tom", preset="quick", device=device).compile
+    assert not resolve("hopper", "tom", preset="smoke", device=device).compile
+    assert not resolve("hopper", "tom", preset="paper", device=device,
+                       overrides=["compile=false"]).compile
+
+
 def test_task_and_objective_overrides():
     assert resolve("hopper", "mle", preset="paper").schedule.epochs == 125
     assert resolve("humanoid", "mle", preset="paper").model.hidden_size == 400

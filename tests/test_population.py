@@ -81,6 +81,30 @@ def test_members_equal_their_single_runs_bit_for_bit(objective, threads):
 
 
 @pytest.mark.parametrize("threads", [False, True])
+def test_compiled_members_equal_their_single_compiled_runs_bit_for_bit(threads):
+    """`compile: true` (on in the paper preset): the members share the compiled code of the
+    SAC critic's, the model's and the dual's losses (one graph each, the same weights'
+    shapes) and still give their single runs' metrics and networks exactly, as coroutines
+    and as threads taking turns (how a GPU runs them)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = ("compile=true",)
+    singles = {}
+    for seed in (0, 1):
+        trainer = Trainer(_cfg(seed, "tom-nodisc", compiled))
+        singles[seed] = (trainer.run(), _parameters(trainer))
+    population = Population(threads=threads)
+    trainers = [population.add(lambda seed=seed: Trainer(_cfg(seed, "tom-nodisc", compiled)))
+                for seed in (0, 1)]
+    for seed, trainer, result in zip((0, 1), trainers, population.run(), strict=True):
+        single, single_params = singles[seed]
+        assert _untimed(result) == _untimed(single)
+        for p, q in zip(single_params, _parameters(trainer), strict=True):
+            assert torch.equal(p, q)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3
+
+
+@pytest.mark.parametrize("threads", [False, True])
 def test_a_member_that_fails_leaves_the_others_running(monkeypatch, threads):
     """A numerical fault in member 1's first refit: it ends with the fault, members 0 and 2
     run to the end and still equal their single runs."""

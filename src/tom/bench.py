@@ -25,6 +25,7 @@ import torch
 
 from tom import turns
 from tom.buffer import Transition
+from tom.compile import seconds_compiling
 from tom.config import ConfigError, resolve, set_value
 from tom.dynamics import FitResult
 from tom.mbpo import PHASES, Trainer
@@ -145,6 +146,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
     if steps_per_turn is not None:
         turns.STEPS_PER_TURN = steps_per_turn or sys.maxsize
     busy = GpuBusy(trainers[0].device)
+    compiling = seconds_compiling()
     start = time.perf_counter()
     try:
         if population == 1 and not cfgs[0].stack_seeds:
@@ -153,6 +155,7 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
             pop.run()
     finally:
         wall = time.perf_counter() - start
+        compiling = seconds_compiling() - compiling
         busy.stop()
         turns.STEPS_PER_TURN = default_per_turn
         if profiler is not None:
@@ -163,6 +166,8 @@ def measure_throughput(env: str, objective: str, *, buffer_size: int = 20_000,
         "compile": cfgs[0].compile, "cuda_graph": cfgs[0].cuda_graph, "population": population,
         "buffer_size": buffer_size, "steps": epochs * length,
         "steps_per_s": epochs * length / wall,
+        "compile_s": compiling,
+        "steps_per_s_compiled": epochs * length / (wall - compiling),
         "steps_per_s_median_epoch": statistics.median(row["sps"] for row in timed),
         "first_fit_s": first_fit / population, "wall_s": wall,
         "gpu_busy_percent": busy.percent,
@@ -203,7 +208,9 @@ def format_row(row: dict[str, Any]) -> str:
             f"{' compiled' if row['compile'] else ''}{' graphed' if row['cuda_graph'] else ''} "
             f"{row['threads']} thread(s){runs}, "
             f"buffer {row['buffer_size']}: {row['steps_per_s']:.2f} real steps/s "
-            f"(median epoch {row['steps_per_s_median_epoch']:.2f}) over {row['steps']} steps; "
+            + (f"({row['steps_per_s_compiled']:.2f} without its {row['compile_s']:.1f} s of "
+               "compiling) " if row.get("compile_s") else "")
+            + f"(median epoch {row['steps_per_s_median_epoch']:.2f}) over {row['steps']} steps; "
             f"seconds: {phases}"
             + ("" if row.get("gpu_busy_percent") is None
                else f"; GPU busy {row['gpu_busy_percent']:.0f} %"))

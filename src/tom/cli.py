@@ -260,11 +260,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.csv:
         import pandas as pd
 
-        from tom.outputs import git_commit
+        from tom.outputs import append_csv, git_commit
 
-        frame = pd.DataFrame(rows).assign(commit=git_commit())
-        path = Path(args.csv)
-        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+        append_csv(Path(args.csv), pd.DataFrame(rows).assign(commit=git_commit()))
     return 0
 
 

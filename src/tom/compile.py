@@ -12,16 +12,28 @@ Random draws inside a compiled function use PyTorch's eager generator
 (``fallback_random``), so they come from the same seeded stream as in eager mode.
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
+
+The paper preset compiles (its runs last hours; compiling takes seconds to a minute, once per
+run: benchmarks/RESULTS.md); the quick and smoke presets do not. `seconds_compiling` tells a
+benchmark how much of its time went into compiling.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def seconds_compiling() -> float:
+    """Wall seconds this process has spent compiling the functions `compiled` compiles (and
+    any other `torch.compile` since the first of them): a benchmark subtracts them to report
+    the speed of a long run, which compiles once."""
+    return 0.0 if _clock is None else _clock.seconds
 
 
 def compiled(fn: F, enabled: bool) -> F:
@@ -39,6 +51,8 @@ def compiled(fn: F, enabled: bool) -> F:
                       RuntimeWarning, stacklevel=2)
         return fn
 
+    _count_compiling()
+
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -55,3 +69,39 @@ def compiled(fn: F, enabled: bool) -> F:
             return fn(*args, **kwargs)
 
     return call  # type: ignore[return-value]
+
+
+
+class _CompileClock:
+    """Wall seconds spent compiling: from dynamo's compile-start to its compile-end callbacks
+    (a function's trace and compile at its first call, and the backward graph's, compiled
+    lazily at the first backward pass), nested or not counted once."""
+
+    def __init__(self) -> None:
+        self.seconds, self._depth, self._start = 0.0, 0, 0.0
+
+    def start(self, _args: Any) -> None:
+        if self._depth == 0:
+            self._start = time.perf_counter()
+        self._depth += 1
+
+    def end(self, _args: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._start
+
+
+_clock: _CompileClock | None = None
+
+
+def _count_compiling() -> None:
+    """Start `seconds_compiling`'s clock, or restart it after `torch._dynamo.reset`, which
+    drops every compile callback (the seconds counted so far stay)."""
+    global _clock
+    import torch._dynamo.callback
+
+    if _clock is None:
+        _clock = _CompileClock()
+    if _clock.start not in torch._dynamo.callback.callback_handler.start_callbacks:
+        torch._dynamo.callback.on_compile_start(_clock.start)
+        torch._dynamo.callback.on_compile_end(_clock.end)

@@ -31,6 +31,16 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda fh: pd.DataFrame(rows).to_csv(fh, index=False))
 
 
+def append_csv(path: Path, rows: pd.DataFrame) -> None:
+    """Add ``rows`` to the CSV at ``path`` (created if missing), its columns matched by name:
+    rows of an older version that lack a column get it empty, and no value lands under another
+    column's header, as it would with a plain append."""
+    path = Path(path)
+    if path.exists():
+        rows = pd.concat([pd.read_csv(path), rows], ignore_index=True)
+    atomic_write(path, lambda fh: rows.to_csv(fh, index=False))
+
+
 def git_commit(where: Path | None = None) -> str:
     """Commit of the checkout that holds ``where`` (default: this package), with '-dirty' if
     tracked files changed; 'unknown' outside git."""
