@@ -236,8 +236,8 @@ def main() -> None:
                      "ours_steps_per_s": round(ours_sps, 3),
                      "ratio": round(ours_sps / paper_sps, 3),
                      "commit": git_commit(), "torch": torch.__version__})
-        compiling = (f" (after {ours['compile_s']:.1f} s of compiling)" if ours["compile"]
-                     else "")
+        compiling = (f" ({ours['compile_s']:.1f} s of compiling in its timed steps left out)"
+                     if ours["compile"] else "")
         print(f"{args.env}/{objective}, {args.device}, {args.threads} thread(s), "
               f"buffer {args.buffer_size}"
               f"{', ours compiled' if ours['compile'] else ''}: "
