@@ -73,10 +73,11 @@ def test_bench_reports_the_speed_without_the_seconds_of_compiling():
     torch._dynamo.reset()
     kw = dict(buffer_size=200, steps=200, preset="smoke")
     eager = measure_throughput("inverted_pendulum", "mle", **kw)
-    assert eager["compile_s"] == 0 and eager["steps_per_s_compiled"] == eager["steps_per_s"]
+    assert eager["compile_s"] == 0
+    assert eager["steps_per_s_without_compiling"] == eager["steps_per_s"]
     fast = measure_throughput("inverted_pendulum", "mle", overrides=["compile=true"], **kw)
     assert 0 < fast["compile_s"] < fast["wall_s"]
-    assert fast["steps_per_s_compiled"] == pytest.approx(
+    assert fast["steps_per_s_without_compiling"] == pytest.approx(
         fast["steps"] / (fast["wall_s"] - fast["compile_s"]))
     assert f"without its {fast['compile_s']:.1f} s of compiling" in format_row(fast)
 

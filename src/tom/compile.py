@@ -71,7 +71,6 @@ def compiled(fn: F, enabled: bool) -> F:
     return call  # type: ignore[return-value]
 
 
-
 class _CompileClock:
     """Wall seconds spent compiling: from dynamo's compile-start to its compile-end callbacks
     (a function's trace and compile at its first call, and the backward graph's, compiled

@@ -298,7 +298,7 @@ _PAPER_TASK_OVERRIDES: dict[str, dict[str, Any]] = {
 _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # Compiled (tom.compile): a run of hours pays its seconds of compiling back within its
     # first epochs, on a GPU (110 -> 158 real steps/s with CUDA graphs) and on a CPU (a model
-    # step 13-24 % cheaper); benchmarks/RESULTS.md.
+    # step 9-22 % cheaper; the loop a median 5-8 % faster); benchmarks/RESULTS.md.
     "paper": {"compile": True},
     # A laptop run (the pipeline's default, `all` in under an hour on 2 CPU cores): MBPO's
     # loop with smaller networks, a tenth of the rollouts, 2 SAC updates per real step, a
