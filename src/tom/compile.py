@@ -32,7 +32,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def seconds_compiling() -> float:
     """Wall seconds this process has spent compiling the functions `compiled` compiles (and
     any other `torch.compile` since the first of them): a benchmark subtracts them to report
-    the speed of a long run, which compiles once."""
+    the speed of a long run, which compiles once. Zero where PyTorch has no compile
+    callbacks."""
     return 0.0 if _clock is None else _clock.seconds
 
 
@@ -79,12 +80,13 @@ class _CompileClock:
     def __init__(self) -> None:
         self.seconds, self._depth, self._start = 0.0, 0, 0.0
 
-    def start(self, _args: Any) -> None:
+    # Called with the compile's trigger in recent PyTorch, with nothing in older releases.
+    def start(self, *_args: Any) -> None:
         if self._depth == 0:
             self._start = time.perf_counter()
         self._depth += 1
 
-    def end(self, _args: Any) -> None:
+    def end(self, *_args: Any) -> None:
         self._depth -= 1
         if self._depth == 0:
             self.seconds += time.perf_counter() - self._start
@@ -95,12 +97,15 @@ _clock: _CompileClock | None = None
 
 def _count_compiling() -> None:
     """Start `seconds_compiling`'s clock, or restart it after `torch._dynamo.reset`, which
-    drops every compile callback (the seconds counted so far stay)."""
+    drops every compile callback (the seconds counted so far stay). Dynamo's callbacks are
+    not a public API: where they are missing, the clock stays at zero and training goes on."""
     global _clock
-    import torch._dynamo.callback
-
+    try:
+        from torch._dynamo.callback import callback_handler, on_compile_end, on_compile_start
+    except ImportError:
+        return
     if _clock is None:
         _clock = _CompileClock()
-    if _clock.start not in torch._dynamo.callback.callback_handler.start_callbacks:
-        torch._dynamo.callback.on_compile_start(_clock.start)
-        torch._dynamo.callback.on_compile_end(_clock.end)
+    if _clock.start not in callback_handler.start_callbacks:
+        on_compile_start(_clock.start)
+        on_compile_end(_clock.end)
