@@ -139,6 +139,22 @@ def test_signal_checkpoints_exits_nonzero_and_resumes_exactly(signame, target, c
     assert_same_run(reference, tmp_path)
 
 
+def test_a_compiled_run_resumes_exactly(tmp_path):
+    """``compile: true`` (on in the paper preset): stopped by a signal inside a SAC block and
+    resumed in a new process, which compiles its steps again, the run equals the
+    uninterrupted compiled run exactly."""
+    compiled = ("--set", "schedule.epochs=3", "compile=true")
+    done = run_tom(tmp_path / "uninterrupted", *compiled)
+    assert done.returncode == 0, done.stderr
+    stopped = run_tom(tmp_path / "resumed", *compiled, kill=("tom.sac:SAC._update", 130, "INT"))
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
+    resumed = run_tom(tmp_path / "resumed", *compiled)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed")
+    assert '"compile": true' in (tmp_path / "resumed" / "config.json").read_text()
+
+
 def test_signal_in_a_phase_longer_than_the_grace_exits_in_time(reference, tmp_path):
     """The watchdog: no safe point within --grace seconds, so the process exits anyway; the
     previous epoch's checkpoint stands and the resume still equals the uninterrupted run."""
