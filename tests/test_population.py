@@ -101,7 +101,8 @@ def test_compiled_members_equal_their_single_compiled_runs_bit_for_bit(threads):
         assert _untimed(result) == _untimed(single)
         for p, q in zip(single_params, _parameters(trainer), strict=True):
             assert torch.equal(p, q)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3
+    # One graph per loss (critic, model, dual) for all four runs: compiled once, shared.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
 
 
 @pytest.mark.parametrize("threads", [False, True])
