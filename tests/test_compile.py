@@ -61,6 +61,20 @@ def test_compilation_failure_falls_back_to_eager_once_with_a_warning(monkeypatch
     assert calls == {"compiled": 1, "eager": 2}
 
 
+def test_a_failed_compilation_runs_the_fallback_in_its_place(monkeypatch):
+    """A step compiled whole falls back to the plain eager step (`fallback`), which takes the
+    same arguments, rather than to its own function run eagerly."""
+    def broken(*args, **kwargs):
+        raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C compiler"),
+                                                     None)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
+    fn = compiled(lambda x, state: x * state, True, fallback=lambda x, state: x + 1)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        assert fn(torch.tensor(3.0), 10.0) == 4.0
+    assert fn(torch.tensor(5.0), 10.0) == 6.0
+
+
 def test_no_torch_compile_on_this_python_means_eager_with_a_warning(monkeypatch):
     def unavailable(fn, **kwargs):
         raise RuntimeError("torch.compile is not supported on Python 3.99+")

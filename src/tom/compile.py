@@ -13,6 +13,12 @@ Random draws inside a compiled function use PyTorch's eager generator
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
 
+On a CPU a training step is compiled whole: its loss, the gradient (`torch.autograd.grad`,
+which dynamo traces with ``trace_autograd_ops``) and Adam's update (`tom.optim.adam_update_`)
+in one graph, which removes the autograd engine's and the optimiser's own per-operation work
+from the step (a SAC update 5.7 → 3.4 ms on 2 threads: benchmarks/RESULTS.md). Where steps
+are replayed from CUDA graphs, the losses alone are compiled, as measured on the GPU.
+
 The paper preset compiles (its runs last hours; compiling takes seconds to a minute, once per
 run: benchmarks/RESULTS.md); the quick and smoke presets do not. `seconds_compiling` tells a
 benchmark how much of its time went into compiling.
@@ -37,20 +43,25 @@ def seconds_compiling() -> float:
     return 0.0 if _clock is None else _clock.seconds
 
 
-def compiled(fn: F, enabled: bool) -> F:
-    """``fn`` compiled with `torch.compile` when ``enabled``, else ``fn`` itself."""
+def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -> F:
+    """``fn`` compiled with `torch.compile` when ``enabled``, else ``fn`` itself. Where
+    compiling fails, ``fallback`` (default: ``fn``) runs in its place, called as ``fn``."""
     if not enabled:
         return fn
+    import torch._dynamo.config
     import torch._dynamo.exc
     import torch._inductor.config
 
     torch._inductor.config.fallback_random = True
+    if hasattr(torch._dynamo.config, "trace_autograd_ops"):  # else a graph break at each
+        torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad
+    eager = fn if fallback is None else fallback
     try:
         state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
     except RuntimeError as err:  # e.g. a Python version that dynamo does not support
         warnings.warn(f"torch.compile is not available ({err}); running without compilation",
                       RuntimeWarning, stacklevel=2)
-        return fn
+        return eager  # type: ignore[return-value]
 
     _count_compiling()
 
@@ -60,14 +71,14 @@ def compiled(fn: F, enabled: bool) -> F:
             return state["fn"](*args, **kwargs)
         except (torch._dynamo.exc.BackendCompilerFailed,
                 torch._dynamo.exc.InternalTorchDynamoError) as err:
-            if state["fn"] is fn:
+            if state["fn"] is eager:
                 raise
             warnings.warn(f"torch.compile failed for {getattr(fn, '__qualname__', fn)}; "
                           f"running it without compilation ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''})",
                           RuntimeWarning, stacklevel=2)
-            state["fn"] = fn
-            return fn(*args, **kwargs)
+            state["fn"] = eager
+            return eager(*args, **kwargs)
 
     return call  # type: ignore[return-value]
 

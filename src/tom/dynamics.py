@@ -32,7 +32,7 @@ from tom.buffer import Transition, WeightedIndices
 from tom.compile import compiled
 from tom.config import ModelConfig
 from tom.cuda_graph import GraphedLoop, check_device
-from tom.optim import adam
+from tom.optim import AdamState, adam, adam_state, descend
 from tom.turns import in_turns, together
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -216,7 +216,9 @@ class DynamicsModel(nn.Module, ABC):
     """
 
     num_members: int = 1
-    # The minibatch loss `fit` steps on, compiled (`tom.compile`); None: `_objective` itself.
+    # With `compile` (`tom.compile`): without CUDA graphs, `_fit_step` compiled whole (the
+    # objective, its gradient and the Adam step, one graph); with them, the objective alone.
+    _fit_step_whole: Callable[..., Tensor] | None = None
     _step_objective: Callable[..., Tensor] | None = None
     # Whether `fit` replays its minibatch steps from CUDA graphs (`tom.cuda_graph`), and how
     # many steps per replay.
@@ -402,6 +404,14 @@ class DynamicsModel(nn.Module, ABC):
             return self._nll(x, y)
         return (dw * (self._mean(x) - y) ** 2).sum(-1)
 
+    def _fit_step(self, x: Tensor, y: Tensor, w: Tensor | None, dw: Tensor | None,
+                  ndw: Tensor | None, optimizer: torch.optim.Optimizer | AdamState) -> Tensor:
+        """One minibatch step of a fit: the objective on the minibatch's rows and an Adam step
+        on it (`tom.optim.descend`); the loss, detached."""
+        loss = (self._step_objective or self._objective)(x, y, w, dw, ndw)
+        descend(loss, optimizer)
+        return loss.detach()
+
     def draw_indices(self, weights: WeightedIndices | None, n: int,
                      shape: tuple[int, int]) -> Tensor:
         """Training-split indices [members, batch] of one minibatch: ∝ weights (prepared once
@@ -488,18 +498,18 @@ class DynamicsModel(nn.Module, ABC):
         if self._optimizer is None:
             self._optimizer = adam(self.parameters(), lr=cfg.lr, capturable=self.cuda_graph)
         opt, shape = self._optimizer, (self.num_members, cfg.batch_size)
-        objective = self._step_objective or self._objective
         total = torch.zeros((), device=device)  # an epoch's summed minibatch losses
 
         def minibatch_step() -> Tensor:
             idx = self.draw_indices(draw_w, len(train_idx), shape)
-            wb = None if loss_w is None else loss_w[idx]
-            loss = objective(x_tr[idx], y_tr[idx], wb, None if dw_tr is None else dw_tr[idx],
-                             None if ndw_tr is None else ndw_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return total.add_(loss.detach())
+            rows = (x_tr[idx], y_tr[idx], None if loss_w is None else loss_w[idx],
+                    None if dw_tr is None else dw_tr[idx],
+                    None if ndw_tr is None else ndw_tr[idx])
+            if self._fit_step_whole is None:
+                loss = self._fit_step(*rows, opt)
+            else:
+                loss = self._fit_step_whole(*rows, adam_state(opt))
+            return total.add_(loss)
 
         # Graphs per fit: the training split is new tensors each fit.
         steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
@@ -780,6 +790,10 @@ def make_model(cfg: ModelConfig, obs_dim: int, act_dim: int, termination_fn: Ter
     check_device(cuda_graph, device)
     model = _MODELS[cfg.kind](obs_dim, act_dim, cfg, termination_fn).to(device)
     model.cuda_graph, model.graph_steps = cuda_graph, graph_steps
-    if compile:
+    if compile and cuda_graph:
         model._step_objective = compiled(model._objective, True)
+    elif compile:
+        model._fit_step_whole = compiled(
+            model._fit_step, True,
+            fallback=lambda *rows: model._fit_step(*rows[:-1], model._optimizer))
     return model

@@ -30,7 +30,7 @@ from tom.buffer import Transition
 from tom.compile import compiled
 from tom.config import SACConfig
 from tom.cuda_graph import GraphedStep, check_device
-from tom.optim import adam
+from tom.optim import AdamState, adam, adam_state, descend
 
 # Haarnoja et al.'s and MBPO's bounds: wide enough to be inactive in practice, they only stop
 # the standard deviation from collapsing to zero or exploding while the critics are poor.
@@ -194,13 +194,18 @@ class SAC:
         self.critic_opt = adam(self.critic.parameters(), lr=cfg.lr, capturable=cuda_graph)
         self.alpha_opt = adam([self.log_alpha], lr=cfg.lr, capturable=cuda_graph)
         self.num_updates = 0
-        self._step = GraphedStep(lambda *batch: self._update(Transition(*batch)),
+        self._step = GraphedStep(lambda *batch: self._update_once(Transition(*batch)),
                                  warmup=self.GRAPH_WARMUP, enabled=cuda_graph)
         # A block of updates as one graph: one eager block (all its updates) warms it up.
         self._block_step = GraphedStep(self._update_block, warmup=1, enabled=cuda_graph)
-        # The critic loss compiled (`tom.compile`), or None. Not the actor's: compiled, its
-        # update took 24 % longer on 2 CPU threads (benchmarks/RESULTS.md).
-        self._critic_loss = compiled(self.critic_loss, True) if compile else None
+        # `compile` (`tom.compile`): without CUDA graphs, each update as one compiled graph
+        # (its three losses, gradients and Adam steps, and the Polyak average); with them, the
+        # critic loss alone (not the actor's: compiled alone, its update took 24 % longer on
+        # 2 CPU threads; benchmarks/RESULTS.md).
+        self._critic_loss = compiled(self.critic_loss, True) if compile and cuda_graph else None
+        self._update_whole = (compiled(self._update, True,
+                                       fallback=lambda batch, states: self._update(batch))
+                              if compile and not cuda_graph else None)
 
     @property
     def alpha(self) -> Tensor:
@@ -282,38 +287,49 @@ class SAC:
     def _update_block(self, *batches: Tensor) -> Tensor:
         stats = torch.empty(0)
         for i in range(len(batches[0])):
-            stats = self._update(Transition(*(t[i] for t in batches)))
+            stats = self._update_once(Transition(*(t[i] for t in batches)))
         return stats
 
-    def _update(self, batch: Transition) -> Tensor:
-        """The update itself; returns its statistics as one tensor, without a host read."""
+    def _update_once(self, batch: Transition) -> Tensor:
+        if self._update_whole is None:
+            return self._update(batch)
+        return self._update_whole(batch, (adam_state(self.critic_opt), adam_state(self.actor_opt),
+                                          adam_state(self.alpha_opt)))
+
+    def _update(self, batch: Transition,
+                states: tuple[AdamState, AdamState, AdamState] | None = None) -> Tensor:
+        """The update itself; returns its statistics as one tensor, without a host read.
+
+        With the critic's, the actor's and the temperature's `adam_state` (the update compiled
+        as one graph), gradients come from `torch.autograd.grad` and Adam's steps from
+        `tom.optim.adam_update_`: the same algorithm, rounded differently.
+        """
+        critic_state, actor_state, alpha_state = (None, None, None) if states is None else states
         obs = batch.obs
         alpha = self.alpha
 
         q_loss = (self._critic_loss or self.critic_loss)(batch, alpha)
-        self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_opt.step()
+        descend(q_loss, self.critic_opt if critic_state is None else critic_state)
 
         # Actor: maximise E[min Q(s, a) - alpha log pi(a|s)] through the reparameterised a.
-        # Freezing the critics skips their weight gradients, which the actor step never uses.
-        self.critic.requires_grad_(False)
+        # Freezing the critics skips their weight gradients, which the actor step never uses
+        # (the gradient in the actor's parameters alone, as a compiled update takes it, skips
+        # them too).
+        if actor_state is None:
+            self.critic.requires_grad_(False)
         try:
             actor_loss, logp = self.actor_loss(obs, alpha)
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
+            descend(actor_loss, self.actor_opt if actor_state is None else actor_state)
         finally:  # also where a failed graph capture interrupts the update
-            self.critic.requires_grad_(True)
+            if actor_state is None:
+                self.critic.requires_grad_(True)
 
         # Temperature: d(loss)/d(log_alpha) = entropy - target, so alpha falls while the
         # policy is more random than the target and rises once it is less.
         logp = logp.detach()
         if self.cfg.auto_entropy:
             alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
+            descend(alpha_loss, self.alpha_opt if alpha_state is None else alpha_state)
 
         # Targets: theta' <- (1 - tau) theta' + tau theta, every update.
         with torch.no_grad():

@@ -42,7 +42,7 @@ from tom.compile import compiled
 from tom.config import TOMConfig
 from tom.cuda_graph import GraphedLoop, GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
-from tom.optim import adam
+from tom.optim import AdamState, adam, adam_state, descend
 from tom.sac import mlp, xavier_init_
 from tom.turns import in_turns, pass_turn, pass_turn_every, together
 
@@ -351,8 +351,15 @@ class TOMObjective(ReweightingObjective):
                           weight_decay=self.tom.dual_weight_decay, capturable=self.cuda_graph)
         self.rounds = 0
         self.raw_weights: Tensor | None = None  # f*'(e) before the clip
-        self._dual_step_loss = (compiled(self.dual_minibatch_loss, True) if cfg.compile
-                                else None)
+        # `compile` (`tom.compile`): without CUDA graphs, `_dual_step` compiled whole (loss,
+        # gradient and Adam step, one graph); with them, the loss alone.
+        self._dual_step_loss = (compiled(self.dual_minibatch_loss, True)
+                                if cfg.compile and self.cuda_graph else None)
+        self._dual_step_whole = (
+            compiled(self._dual_step, True,
+                     fallback=lambda agent, batch, rho, s0, state:
+                     self._dual_step(agent, batch, rho, s0, self.q_opt))
+            if cfg.compile and not self.cuda_graph else None)
 
     def update(self, ctx: RefitContext) -> None:
         # Until the recent window holds N_π transitions of the learning policy, D^π is not a
@@ -402,23 +409,28 @@ class TOMObjective(ReweightingObjective):
         `draw_dual_work` draws ahead)."""
         t = self.tom
         n = len(buf)
-        step_loss = self._dual_step_loss or self.dual_minibatch_loss
 
         def minibatch_step() -> Tensor:
             idx = torch.randint(n, (t.dual_batch,), device=self.device)
             batch = buf.get(idx)
             s0 = buf.sample_initial_states(t.dual_batch)
-            loss = step_loss(agent, batch, rho_all[idx], s0)
-            self.q_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.q_opt.step()
-            return loss.detach()
+            if self._dual_step_whole is None:
+                return self._dual_step(agent, batch, rho_all[idx], s0, self.q_opt)
+            return self._dual_step_whole(agent, batch, rho_all[idx], s0, adam_state(self.q_opt))
 
         # Graphs per refit (tom.cuda_graph): the buffer and ρ are new tensors each refit.
         steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
         # In a population, passing the turn every few steps and at the end: the others' work
         # runs while these steps do.
         return in_turns(steps, t.dual_steps, steps.per_graph)
+
+    def _dual_step(self, agent, batch: Transition, rho: Tensor, s0: Tensor,
+                   optimizer: torch.optim.Optimizer | AdamState) -> Tensor:
+        """One Adam step on the dual loss of a minibatch (`tom.optim.descend`); the loss,
+        detached."""
+        loss = (self._dual_step_loss or self.dual_minibatch_loss)(agent, batch, rho, s0)
+        descend(loss, optimizer)
+        return loss.detach()
 
     def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
         """The dual loss on one minibatch of R (with its ρ) and of initial states s0;
