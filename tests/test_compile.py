@@ -20,6 +20,7 @@ from tom.dynamics import make_model
 from tom.envs import get_task
 from tom.mbpo import Trainer
 from tom.objectives import RefitContext, make_objective
+from tom.objectives.tom import discriminator_step, train_discriminator
 from tom.sac import SAC
 
 OBS_DIM, ACT_DIM = 3, 2
@@ -192,6 +193,34 @@ def test_compiled_tom_dual_matches_eager():
         objective.update(RefitContext(buf, agent, env_steps=n, learner_steps=n))
         weights.append(objective.start_weights())
     torch.testing.assert_close(weights[1], weights[0], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_discriminator_training_matches_eager():
+    """Two passes of minibatches of two sizes, the gradient penalty's double backward inside
+    the compiled step: the same weights up to rounding, from the same random draws (each
+    step's replay rows and interpolates; a different draw would move the weights by far more)."""
+    torch._dynamo.reset()
+    task = get_task("hopper")
+    n = 300
+    g = torch.Generator().manual_seed(7)
+    obs = torch.randn(n, task.obs_dim, generator=g)
+    buf = ReplayBuffer(n, task.obs_dim, task.act_dim)
+    buf.add_batch(Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
+                             torch.randn(n, generator=g), obs + 0.1 * torch.randn(
+                                 n, task.obs_dim, generator=g), torch.zeros(n)))
+    cfg = resolve("hopper", "tom", preset="smoke",
+                  overrides=["tom.disc_hidden=32", "tom.disc_passes=2", "tom.disc_batch=64"]).tom
+    recent = buf.recent_mask(100)
+    step_whole = compiled(discriminator_step, True,
+                          fallback=lambda *args: discriminator_step(*args[:-1]))
+    discs = []
+    for step in (None, step_whole):
+        torch.manual_seed(0)
+        discs.append(train_discriminator(buf, recent, cfg, task.obs_dim, task.act_dim,
+                                         step_whole=step))
+    for p, q in zip(discs[0].parameters(), discs[1].parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(discs[0].head[0].weight, discs[1].head[0].weight)  # compiled
 
 
 def test_compiled_run_is_deterministic_and_compiles_its_steps():

@@ -30,6 +30,7 @@ sigmoid c instead (whose slope is at most ¼) forbids confident outputs and flat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,47 +135,67 @@ def sas(batch: Transition) -> Tensor:
     return torch.cat([batch.obs, batch.act, batch.next_obs], dim=-1)
 
 
-def gradient_penalty(disc: Discriminator, pos: Tensor, neg: Tensor) -> Tensor:
-    """(‖∇_x logit(x̂)‖ − 1)², averaged over random interpolates x̂ of D^π and R rows.
+def interpolates(pos: Tensor, neg: Tensor) -> Tensor:
+    """Random interpolates x̂ = ε·pos + (1 − ε)·neg of D^π and R rows, ε ~ U(0, 1) per row,
+    requiring grad: where `gradient_penalty` takes the logit's gradient."""
+    eps = torch.rand(pos.shape[0], 1, device=pos.device)
+    return (eps * pos + (1.0 - eps) * neg).requires_grad_(True)
+
+
+def gradient_penalty(disc: Discriminator, x_hat: Tensor) -> Tensor:
+    """(‖∇_x logit(x̂)‖ − 1)², averaged over the interpolates x̂ (`interpolates`).
 
     The gradient is taken in raw input units, as in the paper's code (the standardisation
     inside the network only reparametrises it), and of the raw logit, not of the sigmoid.
     """
-    eps = torch.rand(pos.shape[0], 1, device=pos.device)
-    x = (eps * pos + (1.0 - eps) * neg).requires_grad_(True)
-    (grad,) = torch.autograd.grad(disc(x).sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(disc(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.norm(dim=-1) - 1.0) ** 2).mean()
 
 
 def discriminator_loss(disc: Discriminator, pos: Tensor, neg: Tensor, replay_label: float,
-                       grad_penalty: float) -> Tensor:
+                       grad_penalty: float, x_hat: Tensor | None = None) -> Tensor:
     """BCE(D^π → 1) + BCE(R → replay_label), each a batch mean, summed (as the paper's code),
-    plus ``grad_penalty`` × the gradient penalty on the logit."""
+    plus ``grad_penalty`` × the gradient penalty on the logit at the interpolates ``x_hat``
+    (default: drawn here, after the forward pass)."""
     # One forward pass for both batches (their rows do not interact): half the operations.
     on_pos, on_neg = disc(torch.cat([pos, neg])).split([len(pos), len(neg)])
     bce_pos = F.binary_cross_entropy_with_logits(on_pos, torch.ones_like(on_pos))
     bce_neg = F.binary_cross_entropy_with_logits(on_neg, torch.full_like(on_neg, replay_label))
     loss = bce_pos + bce_neg
     if grad_penalty > 0:
-        loss = loss + grad_penalty * gradient_penalty(disc, pos, neg)
+        loss = loss + grad_penalty * gradient_penalty(
+            disc, interpolates(pos, neg) if x_hat is None else x_hat)
     return loss
 
 
+def discriminator_step(disc: Discriminator, pos: Tensor, neg: Tensor, x_hat: Tensor | None,
+                       cfg: TOMConfig, optimizer: torch.optim.Optimizer,
+                       state: AdamState | None = None) -> Tensor:
+    """One Adam step of the discriminator on a minibatch (`discriminator_loss`,
+    `tom.optim.descend`); with the optimiser's ``state`` (the step compiled whole, which
+    does not touch ``optimizer`` itself), by `tom.optim.adam_update_`. The loss, detached."""
+    loss = discriminator_loss(disc, pos, neg, cfg.replay_label, cfg.grad_penalty, x_hat)
+    descend(loss, optimizer if state is None else state)
+    return loss.detach()
+
+
 def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_dim: int,
-                        act_dim: int, cuda_graph: bool = False) -> Discriminator:
+                        act_dim: int, cuda_graph: bool = False,
+                        step_whole: Callable[..., Tensor] | None = None) -> Discriminator:
     """A fresh discriminator trained on D^π (rows where ``recent``) against all of R.
 
     Each pass goes once over D^π in shuffled minibatches of ``cfg.disc_batch``, each paired
     with as many uniform draws from R (which contains D^π, as a replay buffer does). In a
     population that stacks its runs' work (stack_seeds), trained with the other runs'
-    discriminators as one (`tom.stacked_tom.StackedDiscriminator`).
+    discriminators as one (`tom.stacked_tom.StackedDiscriminator`). ``step_whole``:
+    `discriminator_step` compiled (`tom.compile`), or None for the eager step.
     """
     device = buf.device
     disc = Discriminator(obs_dim, act_dim, cfg.disc_hidden, buf.all()).to(device)
     opt = adam(disc.parameters(), lr=cfg.disc_lr, capturable=cuda_graph)
     recent_idx = torch.nonzero(recent).squeeze(-1)
     together("disc", lambda: _train_discriminator_alone(disc, opt, buf, recent_idx, cfg,
-                                                        cuda_graph),
+                                                        cuda_graph, step_whole),
              lambda: (disc, opt, cfg, draw_disc_work(buf, recent_idx, cfg)))
     disc.requires_grad_(False)
     return disc
@@ -182,7 +203,8 @@ def train_discriminator(buf: ReplayBuffer, recent: Tensor, cfg: TOMConfig, obs_d
 
 def _train_discriminator_alone(disc: Discriminator, opt: torch.optim.Optimizer,
                                buf: ReplayBuffer, recent_idx: Tensor, cfg: TOMConfig,
-                               cuda_graph: bool) -> None:
+                               cuda_graph: bool,
+                               step_whole: Callable[..., Tensor] | None = None) -> None:
     """The discriminator's passes. Each pass draws its order, then each step its replay
     rows and (with a gradient penalty) its interpolation weights (what `draw_disc_work`
     draws ahead)."""
@@ -191,11 +213,12 @@ def _train_discriminator_alone(disc: Discriminator, opt: torch.optim.Optimizer,
     def minibatch_step(rows: Tensor) -> Tensor:
         pos = sas(buf.get(rows))
         neg = sas(buf.sample(pos.shape[0]))
-        loss = discriminator_loss(disc, pos, neg, cfg.replay_label, cfg.grad_penalty)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        if step_whole is None:
+            return discriminator_step(disc, pos, neg, None, cfg, opt)
+        # The interpolates drawn before the compiled step: a tensor made to require grad
+        # inside it would split its graph. (No draw comes between: the same stream.)
+        x_hat = interpolates(pos, neg) if cfg.grad_penalty > 0 else None
+        return step_whole(disc, pos, neg, x_hat, cfg, opt, adam_state(opt))
 
     step = GraphedStep(minibatch_step, enabled=cuda_graph)  # tom.cuda_graph
     done = 0
@@ -360,6 +383,11 @@ class TOMObjective(ReweightingObjective):
                      fallback=lambda agent, batch, rho, s0, state:
                      self._dual_step(agent, batch, rho, s0, self.q_opt))
             if cfg.compile and not self.cuda_graph else None)
+        # The discriminator (its gradient penalty's double backward) is compiled only whole.
+        self._disc_step_whole = (
+            compiled(discriminator_step, True,
+                     fallback=lambda *args: discriminator_step(*args[:-1]))
+            if cfg.compile and not self.cuda_graph else None)
 
     def update(self, ctx: RefitContext) -> None:
         # Until the recent window holds N_π transitions of the learning policy, D^π is not a
@@ -390,7 +418,7 @@ class TOMObjective(ReweightingObjective):
         if self.tom.reward == "binary":
             return {}, recent.float()
         disc = train_discriminator(buf, recent, self.tom, self.obs_dim, self.act_dim,
-                                   self.cuda_graph)
+                                   self.cuda_graph, self._disc_step_whole)
         pass_turn()  # in a population: the others' work runs while its training does
         logits = discriminator_logits(disc, buf)
         return discriminator_statistics(logits, recent), logits
