@@ -19,8 +19,9 @@ SAC updates, evaluation) are timed; prints real steps/s and the seconds per phas
     python benchmarks/throughput.py micro [--env hopper] [--threads 1] [--repeats 5] [--compile]
         [--device cpu|cuda] [--sac eager compile graph graph+compile]
 
-With ``--compile`` the SAC losses and the model's minibatch loss are compiled (`tom.compile`);
-the first call's time (the compilation) is printed separately. ``--sac`` times the SAC update
+With ``--compile`` the steps are compiled as a run compiles them (`tom.compile`: on a CPU
+each SAC update and model minibatch step whole, with CUDA graphs the losses alone); the
+first call's time (the compilation) is printed separately. ``--sac`` times the SAC update
 in each form listed (``graph``: captured as a CUDA graph, `tom.sac`; CUDA only).
 """
 

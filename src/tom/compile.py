@@ -16,8 +16,9 @@ back to eager mode for the rest of the run, with one warning.
 On a CPU a training step is compiled whole: its loss, the gradient (`torch.autograd.grad`,
 which dynamo traces with ``trace_autograd_ops``) and Adam's update (`tom.optim.adam_update_`)
 in one graph, which removes the autograd engine's and the optimiser's own per-operation work
-from the step (a SAC update 5.7 → 3.4 ms on 2 threads: benchmarks/RESULTS.md). Where steps
-are replayed from CUDA graphs, the losses alone are compiled, as measured on the GPU.
+from the step (on 2 threads a SAC update 6.4 → 3.7 ms, a model-fit step 3.4 → 2.9 ms:
+benchmarks/RESULTS.md). Where steps are replayed from CUDA graphs, the losses alone are
+compiled, as measured on GPUs. A step's eager form is its ``fallback``.
 
 The paper preset compiles (its runs last hours; compiling takes seconds to a minute, once per
 run: benchmarks/RESULTS.md); the quick and smoke presets do not. `seconds_compiling` tells a

@@ -291,6 +291,7 @@ class SAC:
         return stats
 
     def _update_once(self, batch: Transition) -> Tensor:
+        """One update: compiled whole (given the optimisers' state tensors) or eager."""
         if self._update_whole is None:
             return self._update(batch)
         return self._update_whole(batch, (adam_state(self.critic_opt), adam_state(self.actor_opt),
