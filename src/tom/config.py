@@ -248,9 +248,10 @@ class RunConfig:
     objective: str = _f("mle", "model-learning objective (see `tom envs`)")
     seed: _AtLeast0 = _f(0, "random seed")
     device: Literal["cpu", "cuda"] = _f("cpu", "torch device")
-    compile: bool = _f(False, "torch.compile the SAC critic loss, the model's minibatch loss "
-                       "and TOM's dual loss (tom.compile: faster steps, results equal to "
-                       "eager up to rounding); on in the paper preset")
+    compile: bool = _f(False, "torch.compile the training steps (tom.compile: without CUDA "
+                       "graphs each SAC update, model-fit, dual and discriminator step whole; "
+                       "with them the losses alone; results equal to eager up to rounding); "
+                       "on in the paper preset")
     cuda_graph: bool = _f(False, "replay the SAC updates, model-fit steps and TOM's "
                           "discriminator and dual steps from CUDA graphs (tom.cuda_graph: the "
                           "same computation without hundreds of kernel launches per step); "
