@@ -76,6 +76,27 @@ def test_a_failed_compilation_runs_the_fallback_in_its_place(monkeypatch):
     assert fn(torch.tensor(5.0), 10.0) == 6.0
 
 
+def test_compiler_settings_hold_only_while_a_compiled_step_runs(monkeypatch):
+    """Eager random draws and traced `torch.autograd.grad` while our step runs (and compiles);
+    before and after it, a user's own `torch.compile` sees PyTorch's settings."""
+    import torch._dynamo.config
+    import torch._inductor.config
+
+    def settings():
+        return (torch._inductor.config.fallback_random,
+                getattr(torch._dynamo.config, "trace_autograd_ops", True))
+
+    outside = settings()
+    assert outside[0] is False  # PyTorch's default
+    seen = []
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kwargs: lambda *a: seen.append(settings()) or fn(*a))
+    fn = compiled(lambda x: x + 1, True)
+    assert settings() == outside
+    assert fn(torch.tensor(1.0)) == 2.0 and seen == [(True, True)]
+    assert settings() == outside
+
+
 def test_no_torch_compile_on_this_python_means_eager_with_a_warning(monkeypatch):
     def unavailable(fn, **kwargs):
         raise RuntimeError("torch.compile is not supported on Python 3.99+")

@@ -9,7 +9,10 @@ another order), so a compiled run is deterministic but not bit-identical to an e
 `compile` is part of the run's config (a checkpoint of one does not resume the other).
 
 Random draws inside a compiled function use PyTorch's eager generator
-(``fallback_random``), so they come from the same seeded stream as in eager mode.
+(``fallback_random``), so they come from the same seeded stream as in eager mode. That
+setting and ``trace_autograd_ops`` (below) are PyTorch's process-wide compiler settings: they
+are set only while a function compiled here runs (and compiles), so that a user's own
+`torch.compile` in the same process keeps PyTorch's defaults.
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
 
@@ -27,6 +30,7 @@ benchmark how much of its time went into compiling.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
@@ -53,9 +57,9 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
     import torch._dynamo.exc
     import torch._inductor.config
 
-    torch._inductor.config.fallback_random = True
+    settings = [torch._inductor.config.patch(fallback_random=True)]
     if hasattr(torch._dynamo.config, "trace_autograd_ops"):  # else a graph break at each
-        torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad
+        settings.append(torch._dynamo.config.patch(trace_autograd_ops=True))  # autograd.grad
     eager = fn if fallback is None else fallback
     try:
         state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
@@ -69,7 +73,10 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return state["fn"](*args, **kwargs)
+            with contextlib.ExitStack() as stack:
+                for setting in settings:
+                    stack.enter_context(setting)
+                return state["fn"](*args, **kwargs)
         except (torch._dynamo.exc.BackendCompilerFailed,
                 torch._dynamo.exc.InternalTorchDynamoError) as err:
             if state["fn"] is eager:
