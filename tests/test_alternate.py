@@ -33,6 +33,17 @@ def test_summary_is_head_over_base_per_round_and_its_median():
     assert medians["ratio"].tolist() == [0.9]
 
 
+def test_summary_leaves_out_the_seconds_of_compiling_where_every_row_has_them():
+    rows = pd.DataFrame({
+        "round": [1, 1], "side": ["base", "head"], "objective": "tom", "buffer_size": 200,
+        "steps_per_s": [10.0, 10.0], "steps_per_s_without_compiling": [10.0, 12.5]})
+    per_round, _ = alternate.summary(rows)
+    assert per_round["ratio"].tolist() == [1.25]
+    rows.loc[0, "steps_per_s_without_compiling"] = float("nan")  # a base without the column
+    per_round, _ = alternate.summary(rows)
+    assert per_round["ratio"].tolist() == [1.0]
+
+
 def test_both_sides_run_from_their_own_code_in_alternating_order(tmp_path, capsys):
     try:
         base = _git("rev-parse", "HEAD~1")
