@@ -65,7 +65,11 @@ def test_smoke_pipeline_survives_preemption_and_cancel_on_slurm(tmp_path, copy_r
     assert "# slurm_account: my_account" in text
     profile.write_text(text.replace("# slurm_account: my_account", f"slurm_account: {ACCOUNT}"))
     log = (tmp_path / "snakemake.log").open("w")
+    # The profile as a user has it; only the plugin's first status check after a submission
+    # comes after 5 s rather than its default 40 (the local cluster answers at once; the
+    # smoke runs' jobs take a minute or less, so the default left the workflow idle).
     cmd = [sys.executable, "-m", "snakemake", "all", "--profile", "workflow/profiles/slurm",
+           "--slurm-init-seconds-before-status-checks", "5",
            "--configfile", "config/smoke.yaml", "--config", f"overrides={OVERRIDES}"]
     start = time.monotonic()
     workflow = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT,
