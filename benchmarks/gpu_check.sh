@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements in one call (benchmarks/README.md, "On a GPU"):
 #   1. the CUDA tests (tests/test_cuda.py: graphed SAC updates against eager ones, a resumed
-#      checkpoint, the whole loop on the GPU, seeds in turns against their single runs);
+#      checkpoint, the whole loop on the GPU, seeds in turns against their single runs; part
+#      tests_compile: tests/test_compile.py's steps compiled whole without CUDA graphs, as on
+#      a CPU, against eager ones on the GPU);
 #   1b. whether the CUDA graphs of several runs replay at once on their streams, and what a
 #      replay costs the host (graph_streams.py; the question under 5's throughput), with
 #      CUDA's default 8 hardware queues for streams and with 32, and for blocks of 20
 #      updates in one graph (as the loop replays them);
 #   2. the end-to-end loop (tom bench): hopper at the paper preset, 20 000-transition buffer,
 #      one epoch, for each objective eager (compile=false cuda_graph=false), with CUDA graphs
-#      (compile=false) and as the paper preset runs (compiled, with CUDA graphs; the bench
-#      prints its speed without the seconds of compiling too);
+#      (compile=false), as the paper preset runs (compiled, with CUDA graphs; the bench
+#      prints its speed without the seconds of compiling too) and (part bench_..._whole)
+#      each step compiled whole without CUDA graphs (compile=true cuda_graph=false);
 #   3. single steps (throughput.py micro --device cuda): the SAC update eager, as a CUDA graph
 #      and compiled; the model step; a rollout step; a TOM refit;
 #   4. the population scaling of the inner steps (population.py --device cuda), stacked
@@ -86,9 +89,10 @@ python3 -c "import torch, gymnasium, mujoco, pydantic, greenlet, tom.population
 print('torch', torch.__version__, torch.cuda.get_device_name(), '| gymnasium',
       gymnasium.__version__, '| mujoco', mujoco.__version__)" || exit 1
 
-bench() {  # bench OBJECTIVE eager|graph|preset
+bench() {  # bench OBJECTIVE eager|graph|whole|preset
     local extra=()
     [ "$2" = eager ] && extra=(--set compile=false cuda_graph=false)
+    [ "$2" = whole ] && extra=(--set compile=true cuda_graph=false)
     [ "$2" = graph ] && extra=(--set compile=false cuda_graph=true)
     part "bench_$1_$2" 200 python3 -m tom.cli bench --env hopper --objective "$1" \
         --device cuda --threads 2 --buffer-size 20000 --steps 1000 --csv "$OUT/bench.csv" \
@@ -96,6 +100,7 @@ bench() {  # bench OBJECTIVE eager|graph|preset
 }
 
 part tests 150 python3 -m pytest -q -rA -p no:cacheprovider tests/test_cuda.py
+part tests_compile 200 python3 -m pytest -q -rA -p no:cacheprovider tests/test_compile.py -k cuda
 part streams 120 python3 benchmarks/graph_streams.py --members 1 2 5 10
 part streams_block 120 python3 benchmarks/graph_streams.py --members 1 2 5 10 --block 20 \
     --rounds 20  # as the loop replays them: 20 updates in one graph
@@ -106,6 +111,7 @@ first=${OBJECTIVES%% *}
 bench "$first" preset
 bench "$first" eager
 bench "$first" graph
+bench "$first" whole
 part micro 150 python3 benchmarks/throughput.py micro --device cuda --threads 2 --repeats 5 \
     --sac eager graph compile graph+compile
 part population 90 python3 benchmarks/population.py --device cuda --members 1 2 5 10 20 \

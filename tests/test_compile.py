@@ -24,6 +24,10 @@ from tom.objectives.tom import discriminator_step, train_discriminator
 from tom.sac import SAC
 
 OBS_DIM, ACT_DIM = 3, 2
+# The steps compiled whole (no CUDA graphs) on the CPU, and on a GPU where one is lent
+# (benchmarks/gpu_check.sh runs this file there): the same code, the device a parameter.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))]
 
 
 def _batch(n: int, seed: int) -> Transition:
@@ -142,24 +146,25 @@ def test_seconds_compiling_count_the_forward_and_the_lazy_backward_compile_only(
     assert seconds_compiling() == backward
 
 
-def _agents(**cfg) -> tuple[SAC, SAC]:
+def _agents(device: str = "cpu", **cfg) -> tuple[SAC, SAC]:
     out = []
     for compile_ in (False, True):
         torch.manual_seed(0)
         out.append(SAC(OBS_DIM, ACT_DIM, SACConfig(hidden_size=32, hidden_layers=2, **cfg),
-                       compile=compile_))
+                       device, compile=compile_))
     return out[0], out[1]
 
 
-def test_compiled_sac_updates_match_eager_and_use_the_same_random_draws():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_sac_updates_match_eager_and_use_the_same_random_draws(device):
     """Three updates from the same weights and seed: the same statistics and weights up to
     rounding. A compiled step drawing its own noise (not the seeded eager stream) would
     differ at the first update's a' ~ π(s') by far more than rounding."""
     torch._dynamo.reset()
-    eager, fast = _agents()
+    eager, fast = _agents(device)
     for agent in (eager, fast):
         torch.manual_seed(1)
-        agent.stats = [agent.update(_batch(64, seed)) for seed in range(3)]
+        agent.stats = [agent.update(_batch(64, seed).to(device)) for seed in range(3)]
     for a, b in zip(eager.stats, fast.stats, strict=True):
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
     for p, q in zip([*eager.actor.parameters(), *eager.critic.parameters()],
@@ -168,20 +173,22 @@ def test_compiled_sac_updates_match_eager_and_use_the_same_random_draws():
     assert fast.log_alpha.item() == pytest.approx(eager.log_alpha.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["mdn", "ensemble"])
-def test_compiled_model_fit_matches_eager(kind):
+def test_compiled_model_fit_matches_eager(kind, device):
     torch._dynamo.reset()
     cfg = resolve("inverted_pendulum", "mle", preset="smoke").model
     cfg.kind, cfg.hidden_size, cfg.max_epochs, cfg.steps_per_epoch = kind, 32, 2, 5
     task = get_task("hopper")
     data = _batch(500, 3)
     data = Transition(torch.randn(500, task.obs_dim), torch.rand(500, task.act_dim),
-                      data.reward, torch.randn(500, task.obs_dim), data.done)
-    weights = torch.rand(500)
+                      data.reward, torch.randn(500, task.obs_dim), data.done).to(device)
+    weights = torch.rand(500, device=device)
     results = []
     for compile_ in (False, True):
         torch.manual_seed(0)
-        model = make_model(cfg, task.obs_dim, task.act_dim, task.termination, compile=compile_)
+        model = make_model(cfg, task.obs_dim, task.act_dim, task.termination, device,
+                           compile=compile_)
         results.append((model.fit(data, weights), model))
     (fit_e, eager), (fit_c, fast) = results
     assert fit_c.epochs == fit_e.epochs
@@ -191,32 +198,36 @@ def test_compiled_model_fit_matches_eager(kind):
         torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5)
 
 
-def test_compiled_tom_dual_matches_eager():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_tom_dual_matches_eager(device):
     torch._dynamo.reset()
     task = get_task("hopper")
     n = 600
-    buf = ReplayBuffer(n, task.obs_dim, task.act_dim)
+    buf = ReplayBuffer(n, task.obs_dim, task.act_dim, device)
     g = torch.Generator().manual_seed(5)
     obs = torch.randn(n, task.obs_dim, generator=g)
     buf.add_batch(Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
                              torch.randn(n, generator=g), obs + 0.1 * torch.randn(
-                                 n, task.obs_dim, generator=g), torch.zeros(n)))
+                                 n, task.obs_dim, generator=g), torch.zeros(n)).to(device))
     for s in obs[:20]:
-        buf.add_initial_state(s)
+        buf.add_initial_state(s.to(device))
     weights = []
     for compile_ in (False, True):
-        cfg = resolve("hopper", "tom-nodisc", preset="smoke",
-                      overrides=[f"compile={str(compile_).lower()}", "tom.dual_steps=20",
-                                 "tom.recent_window=100", "tom.dual_hidden=32"])
+        cfg = resolve("hopper", "tom-nodisc", preset="smoke", device=device,
+                      overrides=[f"compile={str(compile_).lower()}", "cuda_graph=false",
+                                 "tom.dual_steps=20", "tom.recent_window=100",
+                                 "tom.dual_hidden=32"])
         torch.manual_seed(0)
-        agent = SAC(task.obs_dim, task.act_dim, SACConfig(hidden_size=32, hidden_layers=2))
+        agent = SAC(task.obs_dim, task.act_dim, SACConfig(hidden_size=32, hidden_layers=2),
+                    device)
         objective = make_objective(cfg, task.obs_dim, task.act_dim)
         objective.update(RefitContext(buf, agent, env_steps=n, learner_steps=n))
         weights.append(objective.start_weights())
     torch.testing.assert_close(weights[1], weights[0], rtol=1e-4, atol=1e-6)
 
 
-def test_compiled_discriminator_training_matches_eager():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_discriminator_training_matches_eager(device):
     """Two passes of minibatches of two sizes, the gradient penalty's double backward inside
     the compiled step: the same weights up to rounding, from the same random draws (each
     step's replay rows and interpolates; a different draw would move the weights by far more)."""
@@ -225,10 +236,10 @@ def test_compiled_discriminator_training_matches_eager():
     n = 300
     g = torch.Generator().manual_seed(7)
     obs = torch.randn(n, task.obs_dim, generator=g)
-    buf = ReplayBuffer(n, task.obs_dim, task.act_dim)
+    buf = ReplayBuffer(n, task.obs_dim, task.act_dim, device)
     buf.add_batch(Transition(obs, torch.rand(n, task.act_dim, generator=g) * 2 - 1,
                              torch.randn(n, generator=g), obs + 0.1 * torch.randn(
-                                 n, task.obs_dim, generator=g), torch.zeros(n)))
+                                 n, task.obs_dim, generator=g), torch.zeros(n)).to(device))
     cfg = resolve("hopper", "tom", preset="smoke",
                   overrides=["tom.disc_hidden=32", "tom.disc_passes=2", "tom.disc_batch=64"]).tom
     recent = buf.recent_mask(100)
