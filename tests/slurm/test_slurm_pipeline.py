@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs the local SLURM cluster: bash tests/slurm/cluster.sh, then TOM_SLURM_TEST=1")
 
 ACCOUNT = "tom"  # created by tests/slurm/cluster.sh
-BOUND_S = 600  # the whole workflow (about 4 minutes here), two interrupted jobs and retries
+BOUND_S = 600  # the whole workflow (about 2.5 minutes here), two interrupted jobs and retries
 # Longer smoke runs (8 epochs of 200 steps), so a job can be caught between epochs.
 OVERRIDES = ["schedule.epochs=8"]
 WALL_CLOCK = re.compile(r"^(time_.*|wall_time|sps)$")
