@@ -265,7 +265,7 @@ class RunConfig:
                            "and model-fit epochs as one, with a member axis "
                            "(tom.stacked_sac, tom.stacked_tom, tom.stacked_model); equal to "
                            "each seed's own up to rounding only. On 2 CPU cores 5 seeds made "
-                           "0.61x one compiled run's throughput (0.96x in turns without it); "
+                           "0.61x one compiled run's throughput (0.94x in turns without it); "
                            "on an H200 10 seeds made 1.66x, against 2.15x in turns without it "
                            "(benchmarks/RESULTS.md). A seed alone is then a population of one")
     preset: _Preset = _f("quick", "preset the run started from")
