@@ -55,15 +55,7 @@ def adam_state(optimizer: torch.optim.Adam) -> AdamState:
                          "decoupled weight decay")
     exp_avg, exp_avg_sq, step = [], [], []
     for p in group["params"]:
-        state = optimizer.state[p]
-        if not state:
-            # The step count is float32 on the parameter's device for a fused or capturable
-            # Adam, else a float32 CPU tensor (the default dtype): on the CPU, the same.
-            state["step"] = torch.zeros((), dtype=torch.float32,
-                                        device=p.device if group["fused"] or
-                                        group["capturable"] else "cpu")
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state = param_state(optimizer, p)
         exp_avg.append(state["exp_avg"])
         exp_avg_sq.append(state["exp_avg_sq"])
         step.append(state["step"])
@@ -71,6 +63,23 @@ def adam_state(optimizer: torch.optim.Adam) -> AdamState:
     return AdamState(list(group["params"]), exp_avg, exp_avg_sq, step,
                      (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
                       float(group["weight_decay"])))
+
+
+def param_state(optimizer: torch.optim.Adam, param: Tensor) -> dict[str, Tensor]:
+    """``param``'s state in ``optimizer``; where it has none yet, the state its first step
+    would create (zero moments, step 0), so that a step outside ``Adam.step`` (a step
+    compiled whole, `tom.stacking.StackedAdam`) can read and write it."""
+    state = optimizer.state[param]
+    if not state:
+        group = optimizer.param_groups[0]
+        # The step count is float32 on the parameter's device for a fused or capturable
+        # Adam, else a float32 CPU tensor (the default dtype): on the CPU, the same.
+        on_device = group["fused"] or group["capturable"]
+        state.update(step=torch.zeros((), dtype=torch.float32,
+                                      device=param.device if on_device else "cpu"),
+                     exp_avg=torch.zeros_like(param, memory_format=torch.preserve_format),
+                     exp_avg_sq=torch.zeros_like(param, memory_format=torch.preserve_format))
+    return state
 
 
 def descend(loss: Tensor, optimizer: torch.optim.Optimizer | AdamState) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tom.optim import param_state
 from tom.sac import LOG_STD_MAX, LOG_STD_MIN, tanh_normal_log_prob
 
 
@@ -177,7 +178,7 @@ class StackedAdam:
         self.step = torch.zeros(stack.count, device=self.param.device)
         self.lr, (self.beta1, self.beta2) = group["lr"], group["betas"]
         self.eps, self.weight_decay = group["eps"], group["weight_decay"]
-        states = [[_adam_state(opt, p) for opt, p in zip(optimisers, tensors, strict=True)]
+        states = [[param_state(opt, p) for opt, p in zip(optimisers, tensors, strict=True)]
                   for tensors in stack.members]
         for moment, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
             copies.add(stack.member_views(moment),
@@ -210,17 +211,3 @@ class StackedAdam:
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         denom = (self.exp_avg_sq.sqrt() / correction2_sqrt).add_(self.eps)
         self.param.addcdiv_(self.exp_avg * step_size, denom, value=-1)
-
-
-def _adam_state(optimiser: torch.optim.Optimizer, param: Tensor) -> dict[str, Tensor]:
-    """``param``'s state in ``optimiser``; where it has none yet, the state its first step
-    would create (zero moments, step 0), so that a stack can write its moments back."""
-    state = optimiser.state[param]
-    if not state:
-        group = optimiser.param_groups[0]
-        on_device = group["fused"] or group["capturable"]
-        state.update(step=torch.zeros((), dtype=torch.float32,
-                                      device=param.device if on_device else "cpu"),
-                     exp_avg=torch.zeros_like(param, memory_format=torch.preserve_format),
-                     exp_avg_sq=torch.zeros_like(param, memory_format=torch.preserve_format))
-    return state
