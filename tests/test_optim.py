@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tom.optim import adam, adam_state, adam_update_
+from tom.optim import bias_corrections_on_device as on_device
+from tom.optim import bias_corrections_on_host as on_host
 
 
 def _params(seed: int) -> list[torch.Tensor]:
@@ -73,3 +77,20 @@ def test_adam_state_is_the_optimisers_own_and_survives_a_state_dict_round_trip()
 def test_adam_state_refuses_what_adam_update_does_not_implement():
     with pytest.raises(ValueError, match="amsgrad"):
         adam_state(torch.optim.Adam(_params(3), amsgrad=True))
+
+
+@pytest.mark.parametrize("form", [on_host, on_device])
+def test_bias_corrections_are_adams_at_the_coming_step_of_each_parameter(form):
+    """Both forms (step counts read on the host; tensor operations where a GPU's Adam keeps
+    them) against the closed forms, for parameters at different step counts: at step count s
+    the coming step is t = s + 1, with lr / (1 − β1^t) and sqrt(1 − β2^t)."""
+    lr, beta1, beta2 = 3e-4, 0.9, 0.999
+    steps = [torch.tensor(s, dtype=torch.float32) for s in (0.0, 1.0, 9.0, 9999.0)]
+    got = form(steps, lr, beta1, beta2)
+    assert got.dtype == torch.float64 and got.shape == (2, 4)
+    # t = 1: lr / (1 − 0.9) = 10·lr and sqrt(1 − 0.999) = sqrt(0.001), whatever the power.
+    assert got[0, 0].item() == pytest.approx(10 * lr, rel=1e-14)
+    assert got[1, 0].item() == pytest.approx(math.sqrt(1e-3), rel=1e-14)
+    for i, t in enumerate((1, 2, 10, 10000)):
+        assert got[0, i].item() == pytest.approx(lr / (1 - beta1 ** t), rel=1e-14)
+        assert got[1, i].item() == pytest.approx(math.sqrt(1 - beta2 ** t), rel=1e-14)
