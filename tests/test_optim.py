@@ -20,13 +20,15 @@ def _params(seed: int) -> list[torch.Tensor]:
             torch.randn((), generator=g).requires_grad_()]
 
 
+@pytest.mark.parametrize("corrections", ["on host", "in step"])
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_adam_update_matches_torch_adam_over_steps_and_skips_parameters_without_gradient(
-        weight_decay):
+        weight_decay, corrections):
     """Six steps with gradients of very different scales (the bias corrections matter most in
     the first steps); the last parameter has no gradient in steps 2 and 5, as `Adam.step`
     skips a parameter whose .grad is None. Then torch's own step carries on from the state
-    `adam_update_` wrote."""
+    `adam_update_` wrote. The bias corrections computed by `adam_state` on the host (CPU step
+    counts), or in the step itself (as where the counts are on a GPU)."""
     ours, theirs = _params(0), _params(0)
     opt_ours = adam(ours, lr=1e-2, weight_decay=weight_decay)
     opt_theirs = adam(theirs, lr=1e-2, weight_decay=weight_decay)
@@ -35,7 +37,10 @@ def test_adam_update_matches_torch_adam_over_steps_and_skips_parameters_without_
         grads = [torch.randn(p.shape, generator=g) * 10.0 ** (step - 2) for p in ours]
         if step in (2, 5):
             grads[-1] = None
-        adam_update_(grads, adam_state(opt_ours))
+        state = adam_state(opt_ours)
+        if corrections == "in step":
+            state = state._replace(bias_corrections=None)
+        adam_update_(grads, state)
         for p, grad in zip(theirs, grads, strict=True):
             p.grad = grad
         opt_theirs.step()

@@ -36,10 +36,13 @@ class AdamState(NamedTuple):
     step: list[Tensor]
     # Adam's bias corrections at the coming step t = step + 1, per parameter [2, n], in double
     # precision as its kernel computes them: row 0 lr / (1 − β1^t), row 1 sqrt(1 − β2^t).
-    # Computed here, outside the compiled step, so valid for one step: inside it inductor
-    # would recompute them, two double-precision `pow` calls, for every 16 elements of a
-    # parameter (most of the time of a model-fit step's Adam update).
-    bias_corrections: Tensor
+    # Where the step counts are CPU tensors, computed here on the host, outside the compiled
+    # step (so valid for one step): inside it inductor's CPU code recomputes them, two
+    # double-precision `pow` calls for every 16 elements of a parameter, most of the time of
+    # a model-fit step's Adam update. None where the counts are on a GPU: there they are
+    # computed inside the step, where they cost nothing that shows, rather than in kernels
+    # launched one by one before it.
+    bias_corrections: Tensor | None
     hyperparameters: tuple[float, float, float, float, float]  # lr, beta1, beta2, eps, L2
 
 
@@ -67,23 +70,18 @@ def adam_state(optimizer: torch.optim.Adam) -> AdamState:
         exp_avg_sq.append(state["exp_avg_sq"])
         step.append(state["step"])
     lr, (beta1, beta2) = float(group["lr"]), group["betas"]
+    on_host = all(s.device.type == "cpu" for s in step)
     return AdamState(list(group["params"]), exp_avg, exp_avg_sq, step,
-                     _bias_corrections(step, lr, beta1, beta2),
+                     bias_corrections_on_host(step, lr, beta1, beta2) if on_host else None,
                      (lr, float(beta1), float(beta2), float(group["eps"]),
                       float(group["weight_decay"])))
 
 
-def _bias_corrections(steps: list[Tensor], lr: float, beta1: float, beta2: float) -> Tensor:
-    """[lr / (1 − β1^t), sqrt(1 − β2^t)] per parameter [2, n], float64, at t = step + 1."""
-    if all(s.device.type == "cpu" for s in steps):
-        return bias_corrections_on_host(steps, lr, beta1, beta2)
-    return bias_corrections_on_device(steps, lr, beta1, beta2)
-
-
 def bias_corrections_on_host(steps: list[Tensor], lr: float, beta1: float, beta2: float
                              ) -> Tensor:
-    """`_bias_corrections` from step counts read on the host: for CPU step tensors, where
-    nothing waits for them (Python's float power is the C library's pow, as in Adam's kernel)."""
+    """[lr / (1 − β1^t), sqrt(1 − β2^t)] per parameter [2, n], float64, at t = step + 1, from
+    CPU step counts read on the host (Python's float power is the C library's pow, as in
+    Adam's own kernel)."""
     counts = [float(s) + 1 for s in steps]
     return torch.tensor([[lr / (1 - beta1 ** t) for t in counts],
                          [math.sqrt(1 - beta2 ** t) for t in counts]], dtype=torch.float64)
@@ -91,8 +89,8 @@ def bias_corrections_on_host(steps: list[Tensor], lr: float, beta1: float, beta2
 
 def bias_corrections_on_device(steps: list[Tensor], lr: float, beta1: float, beta2: float
                                ) -> Tensor:
-    """`_bias_corrections` as tensor operations on the step counts' device (a GPU's fused
-    Adam keeps them there): nothing waits for the device."""
+    """The same as `bias_corrections_on_host`, as tensor operations on the step counts'
+    device."""
     count = (torch.stack(steps) + 1).double()
     return torch.stack([lr / (1 - beta1 ** count), (1 - beta2 ** count).sqrt()])
 
@@ -133,12 +131,15 @@ def adam_update_(grads: Sequence[Tensor | None], state: AdamState) -> None:
     count, the rest in the parameters' precision. A parameter whose gradient is None is left
     alone with its state, as `Adam.step` leaves a parameter without a gradient."""
     lr, beta1, beta2, eps, weight_decay = state.hyperparameters
+    corrections = state.bias_corrections
+    if corrections is None:  # step counts on a GPU: computed in the step (before it counts)
+        corrections = bias_corrections_on_device(state.step, lr, beta1, beta2)
     for i, (p, g, m, v, step) in enumerate(zip(state.params, grads, state.exp_avg,
                                                state.exp_avg_sq, state.step, strict=True)):
         if g is None:
             continue
         step.add_(1)
-        step_size, bias_correction2_sqrt = state.bias_corrections[:, i].to(p.dtype)
+        step_size, bias_correction2_sqrt = corrections[:, i].to(p.dtype)
         if weight_decay != 0:
             g = g + weight_decay * p
         m.lerp_(g, 1 - beta1)
