@@ -81,14 +81,16 @@ def test_a_failed_compilation_runs_the_fallback_in_its_place(monkeypatch):
 
 
 def test_compiler_settings_hold_only_while_a_compiled_step_runs(monkeypatch):
-    """Eager random draws and traced `torch.autograd.grad` while our step runs (and compiles);
-    before and after it, a user's own `torch.compile` sees PyTorch's settings."""
+    """Eager random draws, traced `torch.autograd.grad` and no size asserts while our step
+    runs (and compiles); before and after it, a user's own `torch.compile` sees PyTorch's
+    settings."""
     import torch._dynamo.config
     import torch._inductor.config
 
     def settings():
         return (torch._inductor.config.fallback_random,
-                getattr(torch._dynamo.config, "trace_autograd_ops", True))
+                getattr(torch._dynamo.config, "trace_autograd_ops", True),
+                torch._inductor.config.size_asserts)
 
     outside = settings()
     assert outside[0] is False  # PyTorch's default
@@ -97,7 +99,7 @@ def test_compiler_settings_hold_only_while_a_compiled_step_runs(monkeypatch):
                         lambda fn, **kwargs: lambda *a: seen.append(settings()) or fn(*a))
     fn = compiled(lambda x: x + 1, True)
     assert settings() == outside
-    assert fn(torch.tensor(1.0)) == 2.0 and seen == [(True, True)]
+    assert fn(torch.tensor(1.0)) == 2.0 and seen == [(True, True, False)]
     assert settings() == outside
 
 

@@ -10,9 +10,10 @@ another order), so a compiled run is deterministic but not bit-identical to an e
 
 Random draws inside a compiled function use PyTorch's eager generator
 (``fallback_random``), so they come from the same seeded stream as in eager mode. That
-setting and ``trace_autograd_ops`` (below) are PyTorch's process-wide compiler settings: they
-are set only while a function compiled here runs (and compiles), so that a user's own
-`torch.compile` in the same process keeps PyTorch's defaults.
+setting, ``trace_autograd_ops`` (below) and ``size_asserts`` (off: the inputs' shapes are
+dynamo's guards' to check) are PyTorch's process-wide compiler settings: they are set only
+while a function compiled here runs (and compiles), so that a user's own `torch.compile` in
+the same process keeps PyTorch's defaults.
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
 
@@ -57,7 +58,10 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
     import torch._dynamo.exc
     import torch._inductor.config
 
-    settings = [torch._inductor.config.patch(fallback_random=True)]
+    # size_asserts=False: the compiled step does not recheck each input's sizes and strides,
+    # which dynamo's guards have checked before calling it (one Python call per input: about
+    # 5 % of a model-fit step on 2 CPU threads, benchmarks/RESULTS.md).
+    settings = [torch._inductor.config.patch(fallback_random=True, size_asserts=False)]
     if hasattr(torch._dynamo.config, "trace_autograd_ops"):  # else a graph break at each
         settings.append(torch._dynamo.config.patch(trace_autograd_ops=True))  # autograd.grad
     eager = fn if fallback is None else fallback
