@@ -60,7 +60,7 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
 
     # size_asserts=False: the compiled step does not recheck each input's sizes and strides,
     # which dynamo's guards have checked before calling it (one Python call per input: about
-    # 5 % of a model-fit step on 2 CPU threads, benchmarks/RESULTS.md).
+    # 4 % of a model-fit step on 2 CPU threads, benchmarks/RESULTS.md).
     settings = [torch._inductor.config.patch(fallback_random=True, size_asserts=False)]
     if hasattr(torch._dynamo.config, "trace_autograd_ops"):  # else a graph break at each
         settings.append(torch._dynamo.config.patch(trace_autograd_ops=True))  # autograd.grad
