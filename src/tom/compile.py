@@ -61,7 +61,14 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
     # size_asserts=False: the compiled step does not recheck each input's sizes and strides,
     # which dynamo's guards have checked before calling it (one Python call per input: about
     # 4 % of a model-fit step on 2 CPU threads, benchmarks/RESULTS.md).
-    settings = [torch._inductor.config.patch(fallback_random=True, size_asserts=False)]
+    inductor = {"fallback_random": True, "size_asserts": False}
+    # cpp.use_decompose_tanh: a CPU kernel's tanh as 2 / (1 + exp(-2x)) - 1 rather than
+    # Sleef's tanh, which is about 5x slower on AVX-512 (a third of the discriminator step's
+    # elementwise time). Its error is at most about 2e-7 (3 units in the last place of 1),
+    # absolute: near 0 its relative error is large, which no activation here depends on.
+    if hasattr(torch._inductor.config.cpp, "use_decompose_tanh"):
+        inductor["cpp.use_decompose_tanh"] = True
+    settings = [torch._inductor.config.patch(inductor)]
     if hasattr(torch._dynamo.config, "trace_autograd_ops"):  # else a graph break at each
         settings.append(torch._dynamo.config.patch(trace_autograd_ops=True))  # autograd.grad
     eager = fn if fallback is None else fallback
