@@ -80,28 +80,58 @@ def test_a_failed_compilation_runs_the_fallback_in_its_place(monkeypatch):
     assert fn(torch.tensor(5.0), 10.0) == 6.0
 
 
-def test_compiler_settings_hold_only_while_a_compiled_step_runs(monkeypatch):
-    """Eager random draws, traced `torch.autograd.grad` and no size asserts while our step
-    runs (and compiles); before and after it, a user's own `torch.compile` sees PyTorch's
-    settings."""
+def _settings() -> tuple[object, ...]:
+    """The compiler settings that `compiled` sets while its functions compile."""
     import torch._dynamo.config
     import torch._inductor.config
 
-    def settings():
-        return (torch._inductor.config.fallback_random,
-                getattr(torch._dynamo.config, "trace_autograd_ops", True),
-                torch._inductor.config.size_asserts,
-                getattr(torch._inductor.config.cpp, "use_decompose_tanh", True))
+    return (torch._inductor.config.fallback_random,
+            getattr(torch._dynamo.config, "trace_autograd_ops", True),
+            torch._inductor.config.size_asserts,
+            getattr(torch._inductor.config.cpp, "use_decompose_tanh", True))
 
-    outside = settings()
-    assert outside[0] is False  # PyTorch's default
+
+OURS = (True, True, False, True)
+
+
+def test_compiler_settings_hold_only_while_our_functions_compile(monkeypatch):
+    """Eager random draws, traced `torch.autograd.grad`, no size asserts and the decomposed
+    tanh while our function compiles, at its first call and again when a new shape
+    recompiles it; not after, and not for a user's own `torch.compile` in the same process.
+    (A backend that records the settings stands in for inductor.)"""
+    outside = _settings()
+    assert outside[0] is False and outside != OURS  # PyTorch's defaults
     seen = []
+
+    def recording(gm, example_inputs):
+        seen.append(_settings())
+        return gm.forward
+
+    real_compile = torch.compile
     monkeypatch.setattr(torch, "compile",
-                        lambda fn, **kwargs: lambda *a: seen.append(settings()) or fn(*a))
+                        lambda fn, **kwargs: real_compile(fn, backend=recording, **kwargs))
+    fn = compiled(lambda x: x * 2 + 1, True)
+    torch._dynamo.reset()  # drops every compile callback: the call reinstalls ours
+    assert fn(torch.ones(3)).tolist() == [3.0] * 3 and seen == [OURS]
+    assert _settings() == outside
+    assert fn(torch.ones(3)).tolist() == [3.0] * 3 and seen == [OURS]  # no recompile
+    assert fn(torch.ones(4)).tolist() == [3.0] * 4 and seen == [OURS, OURS]  # a new shape
+    assert _settings() == outside
+    users = real_compile(lambda x: x * 3 + 1, backend=recording)
+    assert users(torch.ones(3)).tolist() == [4.0] * 3 and seen[-1] == outside
+
+
+def test_without_compile_callbacks_the_settings_hold_while_our_function_runs(monkeypatch):
+    """Where PyTorch has no compile callbacks, each compiled call sets the settings for its
+    duration, and restores them after."""
+    outside = _settings()
+    seen = []
+    monkeypatch.setattr("tom.compile._install_hooks", lambda: False)
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kwargs: lambda *a: seen.append(_settings()) or fn(*a))
     fn = compiled(lambda x: x + 1, True)
-    assert settings() == outside
-    assert fn(torch.tensor(1.0)) == 2.0 and seen == [(True, True, False, True)]
-    assert settings() == outside
+    assert fn(torch.tensor(1.0)) == 2.0 and seen == [OURS]
+    assert _settings() == outside
 
 
 def test_a_compiled_tanh_is_within_3e_7_of_the_exact_one():

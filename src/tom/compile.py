@@ -10,10 +10,12 @@ another order), so a compiled run is deterministic but not bit-identical to an e
 
 Random draws inside a compiled function use PyTorch's eager generator
 (``fallback_random``), so they come from the same seeded stream as in eager mode. That
-setting, ``trace_autograd_ops`` (below) and ``size_asserts`` (off: the inputs' shapes are
-dynamo's guards' to check) are PyTorch's process-wide compiler settings: they are set only
-while a function compiled here runs (and compiles), so that a user's own `torch.compile` in
-the same process keeps PyTorch's defaults.
+setting, ``trace_autograd_ops`` (below), ``size_asserts`` (off: the inputs' shapes are
+dynamo's guards' to check) and ``cpp.use_decompose_tanh`` are PyTorch's process-wide
+compiler settings, read only while a function compiles: they are set while a compile that
+one of our calls starts runs (from dynamo's compile callbacks), so that a user's own
+`torch.compile` in the same process keeps PyTorch's defaults, and a compiled call pays
+nothing for them (changing a setting around every call cost about 40 µs per call).
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -46,7 +49,7 @@ def seconds_compiling() -> float:
     any other `torch.compile` since the first of them): a benchmark subtracts them to report
     the speed of a long run, which compiles once. Zero where PyTorch has no compile
     callbacks."""
-    return 0.0 if _clock is None else _clock.seconds
+    return 0.0 if _hooks is None else _hooks.seconds
 
 
 def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -> F:
@@ -56,6 +59,41 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
         return fn
     import torch._dynamo.config
     import torch._dynamo.exc
+    import torch._inductor.config
+
+    settings = _settings()
+    eager = fn if fallback is None else fallback
+    try:
+        state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
+    except RuntimeError as err:  # e.g. a Python version that dynamo does not support
+        warnings.warn(f"torch.compile is not available ({err}); running without compilation",
+                      RuntimeWarning, stacklevel=2)
+        return eager  # type: ignore[return-value]
+
+    _install_hooks()  # now, so that the clock counts the first compile
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return _call_ours(state["fn"], settings, *args, **kwargs)
+        except (torch._dynamo.exc.BackendCompilerFailed,
+                torch._dynamo.exc.InternalTorchDynamoError) as err:
+            if state["fn"] is eager:
+                raise
+            warnings.warn(f"torch.compile failed for {getattr(fn, '__qualname__', fn)}; "
+                          f"running it without compilation ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})",
+                          RuntimeWarning, stacklevel=2)
+            state["fn"] = eager
+            return eager(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+def _settings() -> list[contextlib.AbstractContextManager[Any]]:
+    """Our compiler settings, as context managers that set them and restore the values
+    found."""
+    import torch._dynamo.config
     import torch._inductor.config
 
     # size_asserts=False: the compiled step does not recheck each input's sizes and strides,
@@ -71,71 +109,74 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
     settings = [torch._inductor.config.patch(inductor)]
     if hasattr(torch._dynamo.config, "trace_autograd_ops"):  # else a graph break at each
         settings.append(torch._dynamo.config.patch(trace_autograd_ops=True))  # autograd.grad
-    eager = fn if fallback is None else fallback
+    return settings
+
+
+_ours = threading.local()  # .depth: how many of our compiled calls this thread is inside
+
+
+def _call_ours(fn: Callable[..., Any], settings: list[contextlib.AbstractContextManager[Any]],
+               *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, marked as ours: a compile it starts gets our ``settings``,
+    set by the compile hooks (or here, for the whole call, where PyTorch has none)."""
+    if not _install_hooks():
+        with contextlib.ExitStack() as stack:
+            for setting in settings:
+                stack.enter_context(setting)
+            return fn(*args, **kwargs)
+    _ours.depth = getattr(_ours, "depth", 0) + 1
     try:
-        state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
-    except RuntimeError as err:  # e.g. a Python version that dynamo does not support
-        warnings.warn(f"torch.compile is not available ({err}); running without compilation",
-                      RuntimeWarning, stacklevel=2)
-        return eager  # type: ignore[return-value]
-
-    _count_compiling()
-
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with contextlib.ExitStack() as stack:
-                for setting in settings:
-                    stack.enter_context(setting)
-                return state["fn"](*args, **kwargs)
-        except (torch._dynamo.exc.BackendCompilerFailed,
-                torch._dynamo.exc.InternalTorchDynamoError) as err:
-            if state["fn"] is eager:
-                raise
-            warnings.warn(f"torch.compile failed for {getattr(fn, '__qualname__', fn)}; "
-                          f"running it without compilation ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''})",
-                          RuntimeWarning, stacklevel=2)
-            state["fn"] = eager
-            return eager(*args, **kwargs)
-
-    return call  # type: ignore[return-value]
+        return fn(*args, **kwargs)
+    finally:
+        _ours.depth -= 1
 
 
-class _CompileClock:
-    """Wall seconds spent compiling: from dynamo's compile-start to its compile-end callbacks
-    (a function's trace and compile at its first call, and the backward graph's, compiled
-    lazily at the first backward pass), nested or not counted once."""
+class _CompileHooks:
+    """Dynamo's compile-start and compile-end callbacks. They count the wall seconds spent
+    compiling (a function's trace and compile at its first call, and the backward graph's,
+    compiled lazily at the first backward pass; nested or not, counted once), and around a
+    compile started in a thread inside one of our compiled calls, set our settings. (Compiles
+    run one at a time: dynamo holds a lock.)"""
 
     def __init__(self) -> None:
         self.seconds, self._depth, self._start = 0.0, 0, 0.0
+        self._applied: contextlib.ExitStack | None = None
 
     # Called with the compile's trigger in recent PyTorch, with nothing in older releases.
     def start(self, *_args: Any) -> None:
         if self._depth == 0:
             self._start = time.perf_counter()
+            if getattr(_ours, "depth", 0) > 0:
+                self._applied = contextlib.ExitStack()
+                for setting in _settings():
+                    self._applied.enter_context(setting)
         self._depth += 1
 
     def end(self, *_args: Any) -> None:
         self._depth -= 1
         if self._depth == 0:
             self.seconds += time.perf_counter() - self._start
+            if self._applied is not None:
+                self._applied.close()
+                self._applied = None
 
 
-_clock: _CompileClock | None = None
+_hooks: _CompileHooks | None = None
 
 
-def _count_compiling() -> None:
-    """Start `seconds_compiling`'s clock, or restart it after `torch._dynamo.reset`, which
-    drops every compile callback (the seconds counted so far stay). Dynamo's callbacks are
-    not a public API: where they are missing, the clock stays at zero and training goes on."""
-    global _clock
+def _install_hooks() -> bool:
+    """Install the compile hooks, or reinstall them after `torch._dynamo.reset`, which drops
+    every compile callback (the seconds counted so far stay); checked at every compiled call
+    (about a microsecond). Dynamo's callbacks are not a public API: where they are missing,
+    False (the clock stays at zero, and each compiled call sets the settings itself)."""
+    global _hooks
     try:
         from torch._dynamo.callback import callback_handler, on_compile_end, on_compile_start
     except ImportError:
-        return
-    if _clock is None:
-        _clock = _CompileClock()
-    if _clock.start not in callback_handler.start_callbacks:
-        on_compile_start(_clock.start)
-        on_compile_end(_clock.end)
+        return False
+    if _hooks is None:
+        _hooks = _CompileHooks()
+    if _hooks.start not in callback_handler.start_callbacks:
+        on_compile_start(_hooks.start)
+        on_compile_end(_hooks.end)
+    return True
