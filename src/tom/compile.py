@@ -15,7 +15,7 @@ dynamo's guards' to check) and ``cpp.use_decompose_tanh`` are PyTorch's process-
 compiler settings, read only while a function compiles: they are set while a compile that
 one of our calls starts runs (from dynamo's compile callbacks), so that a user's own
 `torch.compile` in the same process keeps PyTorch's defaults, and a compiled call pays
-nothing for them (changing a setting around every call cost about 40 µs per call).
+nothing for them (changing them around every call cost about 20-60 µs per call).
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
 
@@ -101,9 +101,10 @@ def _settings() -> list[contextlib.AbstractContextManager[Any]]:
     # 4 % of a model-fit step on 2 CPU threads, benchmarks/RESULTS.md).
     inductor = {"fallback_random": True, "size_asserts": False}
     # cpp.use_decompose_tanh: a CPU kernel's tanh as 2 / (1 + exp(-2x)) - 1 rather than
-    # Sleef's tanh, which is about 5x slower on AVX-512 (a third of the discriminator step's
-    # elementwise time). Its error is at most about 2e-7 (3 units in the last place of 1),
-    # absolute: near 0 its relative error is large, which no activation here depends on.
+    # Sleef's tanh, which is about 5x slower on AVX-512 (0.8 ms of a 5.9 ms discriminator
+    # step went to tanh kernels). Its error is at most about 2e-7 (about 3 units in the last
+    # place of 1), absolute: near 0 its relative error is large, which no activation or
+    # squashed action here depends on (benchmarks/RESULTS.md, nineteenth session).
     if hasattr(torch._inductor.config.cpp, "use_decompose_tanh"):
         inductor["cpp.use_decompose_tanh"] = True
     settings = [torch._inductor.config.patch(inductor)]
