@@ -15,7 +15,7 @@ dynamo's guards' to check) and ``cpp.use_decompose_tanh`` are PyTorch's process-
 compiler settings, read only while a function compiles: they are set while a compile that
 one of our calls starts runs (from dynamo's compile callbacks), so that a user's own
 `torch.compile` in the same process keeps PyTorch's defaults, and a compiled call pays
-nothing for them (changing them around every call cost about 20-60 µs per call).
+nothing for them (changing them around every call cost about 20-50 µs per call).
 Where compilation itself fails (no C compiler, an unsupported operation), the function falls
 back to eager mode for the rest of the run, with one warning.
 
