@@ -57,11 +57,8 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
     compiling fails, ``fallback`` (default: ``fn``) runs in its place, called as ``fn``."""
     if not enabled:
         return fn
-    import torch._dynamo.config
     import torch._dynamo.exc
-    import torch._inductor.config
 
-    settings = _settings()
     eager = fn if fallback is None else fallback
     try:
         state: dict[str, Callable[..., Any]] = {"fn": torch.compile(fn, dynamic=False)}
@@ -70,12 +67,10 @@ def compiled(fn: F, enabled: bool, fallback: Callable[..., Any] | None = None) -
                       RuntimeWarning, stacklevel=2)
         return eager  # type: ignore[return-value]
 
-    _install_hooks()  # now, so that the clock counts the first compile
-
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return _call_ours(state["fn"], settings, *args, **kwargs)
+            return _call_ours(state["fn"], *args, **kwargs)
         except (torch._dynamo.exc.BackendCompilerFailed,
                 torch._dynamo.exc.InternalTorchDynamoError) as err:
             if state["fn"] is eager:
@@ -116,13 +111,12 @@ def _settings() -> list[contextlib.AbstractContextManager[Any]]:
 _ours = threading.local()  # .depth: how many of our compiled calls this thread is inside
 
 
-def _call_ours(fn: Callable[..., Any], settings: list[contextlib.AbstractContextManager[Any]],
-               *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, marked as ours: a compile it starts gets our ``settings``,
-    set by the compile hooks (or here, for the whole call, where PyTorch has none)."""
+def _call_ours(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, marked as ours: a compile it starts gets our settings, set by
+    the compile hooks (or here, for the whole call, where PyTorch has none)."""
     if not _install_hooks():
         with contextlib.ExitStack() as stack:
-            for setting in settings:
+            for setting in _settings():
                 stack.enter_context(setting)
             return fn(*args, **kwargs)
     _ours.depth = getattr(_ours, "depth", 0) + 1
