@@ -28,7 +28,13 @@ from tom.config import resolve
 from tom.dynamics import make_model
 from tom.envs import get_task
 from tom.objectives import make_objective
-from tom.objectives.tom import Discriminator, discriminator_loss, sas
+from tom.objectives.tom import (
+    Discriminator,
+    PolicyGaussians,
+    discriminator_loss,
+    draw_dual_inputs,
+    sas,
+)
 from tom.optim import adam
 from tom.sac import SAC
 
@@ -73,11 +79,13 @@ def main() -> None:
     action = agent.act(obs)
     batch = Transition(torch.randn(rows, obs_dim), torch.rand(rows, act_dim) * 2 - 1,
                        torch.randn(rows), torch.randn(rows, obs_dim), torch.zeros(rows))
-    dual_rows = cfg.tom.dual_batch
+    replay = ReplayBuffer(rows, obs_dim, act_dim)  # the dual's: R, with one initial state
+    replay.add_batch(batch)
+    replay.add_initial_state(obs)
+    policy, rho = PolicyGaussians.of(agent, replay), torch.randn(rows)
 
-    def dual_step() -> None:
-        loss = objective.dual_minibatch_loss(agent, batch.index(slice(0, dual_rows)),
-                                             torch.randn(dual_rows), batch.obs[:dual_rows])
+    def dual_step() -> None:  # with its inputs' draws (the policy's Gaussians are a refit's)
+        loss = objective.dual_minibatch_loss(draw_dual_inputs(replay, rho, policy, cfg.tom))
         objective.q_opt.zero_grad(set_to_none=True)
         loss.backward()
         objective.q_opt.step()

@@ -34,6 +34,7 @@ from tom.dynamics import DynamicsModel, FitEpoch, make_model
 from tom.envs import get_task
 from tom.objectives.tom import (
     Discriminator,
+    PolicyGaussians,
     TOMObjective,
     draw_disc_work,
     draw_dual_work,
@@ -172,7 +173,7 @@ def main() -> None:
         objectives = [TOMObjective(cfg, o, a) for _ in range(p)]
         data = blocks(p, updates, rows, o, a, args.device)
         stack_sac = StackedSAC(agents, cuda_graph=graph)
-        stack_dual = StackedDual(objectives, agents, cuda_graph=graph)
+        stack_dual = StackedDual(objectives, cuda_graph=graph)
 
         def own_sac(agents=agents, data=data) -> None:
             for agent, block in zip(agents, data, strict=True):
@@ -183,10 +184,11 @@ def main() -> None:
 
         def own_dual(agents=agents, objectives=objectives) -> None:
             for agent, objective in zip(agents, objectives, strict=True):
-                objective._train_dual_alone(buf, agent, rho)
+                objective._train_dual_alone(buf, PolicyGaussians.of(agent, buf), rho)
 
-        def stacked_dual(stack=stack_dual, objectives=objectives) -> None:
-            stack.train([draw_dual_work(buf, rho, cfg.tom, a) for _ in objectives])
+        def stacked_dual(stack=stack_dual, agents=agents) -> None:
+            stack.train([draw_dual_work(buf, rho, PolicyGaussians.of(agent, buf), cfg.tom)
+                         for agent in agents])
 
         def own_disc(members=p) -> None:
             for _ in range(members):

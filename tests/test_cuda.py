@@ -448,7 +448,7 @@ def test_stacked_dual_on_cuda_matches_each_members_own_training(cuda_graph):
     random state."""
     import copy
 
-    from tom.objectives.tom import TOMObjective, draw_dual_work
+    from tom.objectives.tom import PolicyGaussians, TOMObjective, draw_dual_work
     from tom.stacked_tom import StackedDual
 
     cfg = resolve("hopper", "tom", preset="smoke", device="cuda", overrides=[
@@ -467,12 +467,11 @@ def test_stacked_dual_on_cuda_matches_each_members_own_training(cuda_graph):
     losses, work = [], []
     for seed, (objective, agent) in enumerate(members):
         torch.manual_seed(10 + seed)
-        losses.append(objective._train_dual_alone(buf, agent, rho))
-    for seed, (objective, _) in enumerate(stacked):
+        losses.append(objective._train_dual_alone(buf, PolicyGaussians.of(agent, buf), rho))
+    for seed, (objective, agent) in enumerate(stacked):
         torch.manual_seed(10 + seed)
-        work.append(draw_dual_work(buf, rho, objective.tom, ACT_DIM))
-    stack = StackedDual([m[0] for m in stacked], [m[1] for m in stacked],
-                        cuda_graph=cuda_graph)
+        work.append(draw_dual_work(buf, rho, PolicyGaussians.of(agent, buf), objective.tom))
+    stack = StackedDual([m[0] for m in stacked], cuda_graph=cuda_graph)
     got = stack.train(work)
     torch.testing.assert_close(got, torch.stack(losses), rtol=1e-4, atol=1e-5)
     for (own, _), (mine, _) in zip(members, stacked, strict=True):

@@ -24,7 +24,7 @@ from tom.cli import main
 from tom.config import resolve
 from tom.interrupt import Interrupted
 from tom.mbpo import NumericalFault, Trainer, TrainResult
-from tom.objectives.tom import discriminator_loss
+from tom.objectives.tom import DualWork, discriminator_loss
 from tom.outputs import RUN_FILES
 from tom.population import Population
 from tom.sac import UpdateStats
@@ -406,12 +406,11 @@ class _EachOnItsOwn:
     def dual(cls, stack, parts):
         cls.calls.append(("dual", len(parts)))
         losses = []
-        for objective, agent, work in parts:
+        for objective, work in parts:
             for u in range(len(work.rho)):
-                with cls.feeding([work.noise_a0[u], work.noise_next[u]]):
-                    loss = objective.dual_minibatch_loss(
-                        agent, Transition(*(t[u] for t in work.batch)), work.rho[u],
-                        work.s0[u])
+                loss = objective.dual_minibatch_loss(DualWork(
+                    Transition(*(t[u] for t in work.batch)), work.rho[u], work.s0[u],
+                    work.a0[u], work.next_act[u]))
                 objective.q_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 objective.q_opt.step()

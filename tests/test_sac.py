@@ -10,7 +10,7 @@ from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from tom.buffer import Transition
 from tom.config import SACConfig
-from tom.sac import SAC, soft_q_target, tanh_normal_log_prob
+from tom.sac import SAC, draw_squashed, soft_q_target, tanh_normal_log_prob
 
 OBS_DIM, ACT_DIM = 3, 2
 
@@ -51,15 +51,16 @@ def test_act_shapes_bounds_and_determinism():
 
 
 def test_an_action_alone_is_the_sampled_action_bit_for_bit():
-    """`sample_action` (acting, rollouts, TOM's dual) skips the log-density, nothing else: from
-    the same seed it gives `sample`'s action exactly and leaves the generator where `sample`
-    does, so a run draws the same stream either way; `act` is that action."""
+    """`sample_action` (acting, rollouts) skips the log-density, nothing else: from the same
+    seed it gives `sample`'s action exactly and leaves the generator where `sample` does, so a
+    run draws the same stream either way; `act` is that action, and so is an action drawn
+    from the policy's Gaussian computed ahead (`draw_squashed`, TOM's dual)."""
     agent = make_agent()
     obs = torch.randn(32, OBS_DIM)
     torch.manual_seed(3)
     want, _ = agent.sample(obs)
     after = torch.get_rng_state()
-    for draw in (agent.sample_action, agent.act):
+    for draw in (agent.sample_action, agent.act, lambda o: draw_squashed(agent.gaussian(o))):
         torch.manual_seed(3)
         assert torch.equal(draw(obs), want)
         assert torch.equal(torch.get_rng_state(), after)

@@ -14,6 +14,7 @@ from tom.buffer import ReplayBuffer
 from tom.config import resolve
 from tom.objectives.tom import (
     Discriminator,
+    PolicyGaussians,
     TOMObjective,
     draw_disc_work,
     draw_dual_work,
@@ -45,7 +46,7 @@ def member(seed: int, **overrides):
                 obs + 0.1 * torch.randn(OBS_DIM), float(i % 97 == 0))
     rho = torch.randn(ROWS)
     if seed % 2:
-        objective._train_dual(buf, agent, rho)
+        objective._train_dual(buf, PolicyGaussians.of(agent, buf), rho)
     return objective, agent, buf, rho
 
 
@@ -67,17 +68,17 @@ def test_stacked_tom_training_is_each_members_own(overrides, monkeypatch):
     losses = []
     for seed, (objective, agent, buf, rho) in zip((0, 1, 2), members, strict=True):
         torch.manual_seed(10 + seed)
-        losses.append(objective._train_dual(buf, agent, rho)["dual_loss"])
+        losses.append(objective._train_dual(buf, PolicyGaussians.of(agent, buf), rho)["dual_loss"])
     work = []
     for seed, (objective, agent, buf, rho) in zip((0, 1, 2), stacked, strict=True):
         torch.manual_seed(10 + seed)
-        work.append(draw_dual_work(buf, rho, objective.tom, ACT_DIM))
+        work.append(draw_dual_work(buf, rho, PolicyGaussians.of(agent, buf), objective.tom))
         after_draw = torch.get_rng_state()
         torch.manual_seed(10 + seed)
         objective_copy = copy.deepcopy(objective)
-        objective_copy._train_dual(buf, agent, rho)
+        objective_copy._train_dual(buf, PolicyGaussians.of(agent, buf), rho)
         assert torch.equal(torch.get_rng_state(), after_draw)  # the same draws
-    got = StackedDual([m[0] for m in stacked], [m[1] for m in stacked]).train(work)
+    got = StackedDual([m[0] for m in stacked]).train(work)
     torch.testing.assert_close(got, torch.tensor(losses), **TOL)
     for (own, *_), (mine, *_) in zip(members, stacked, strict=True):
         expected, actual = flat_state(own), flat_state(mine)
@@ -89,7 +90,7 @@ def test_stacked_tom_training_is_each_members_own(overrides, monkeypatch):
 def test_stacked_tom_refuses_members_of_other_settings():
     a, b = member(0), member(1, **{"tom.dual_lr": 1e-3})
     with pytest.raises(ValueError, match="one TOM config"):
-        StackedDual([a[0], b[0]], [a[1], b[1]])
+        StackedDual([a[0], b[0]])
 
 
 @pytest.mark.parametrize("grad_penalty", [10.0, 0.0])

@@ -441,7 +441,7 @@ def _run_fit(stack: StackedFit, parts: list[tuple | None]
 
 # "act": (agent, obs, noise), a real step's action (`tom.stacked_sac.StackedPolicy`); "sac":
 # (agent, batches, noise) (`tom.stacked_sac`); "disc": (discriminator, optimiser, TOM config,
-# work), "dual": (objective, agent, work) (`tom.stacked_tom`); "fit": (dynamics model, its
+# work), "dual": (objective, work) (`tom.stacked_tom`); "fit": (dynamics model, its
 # fit's epoch) (`tom.stacked_model`).
 _STACKED = {
     "act": _Stacked(
@@ -461,10 +461,9 @@ _STACKED = {
             [p[0] for p in parts], [p[1] for p in parts], parts[0][2], cuda_graph=graph),
         run=_run_disc, phase="objective", reuse=False),
     "dual": _Stacked(
-        describe=lambda part: (("dual", _shapes(part[2].tensors())), part[2].tensors()),
-        owners=lambda part: part[:2],
-        build=lambda parts, graph: StackedDual([p[0] for p in parts], [p[1] for p in parts],
-                                               cuda_graph=graph),
+        describe=lambda part: (("dual", _shapes(part[1].tensors())), part[1].tensors()),
+        owners=lambda part: part[:1],
+        build=lambda parts, graph: StackedDual([p[0] for p in parts], cuda_graph=graph),
         run=_run_dual, phase="objective"),
     "fit": _Stacked(
         describe=lambda part: (("fit", type(part[0]).__name__, _shapes([part[1].idx]),

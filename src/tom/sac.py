@@ -76,6 +76,14 @@ def soft_q_target(reward: Tensor, done: Tensor, next_q: Tensor, next_logp: Tenso
     return reward + gamma * (1.0 - done) * (next_q - alpha * next_logp)
 
 
+def draw_squashed(gaussian: Tensor) -> Tensor:
+    """An action tanh(mean + std·ε), ε ~ N(0, I), from each row of ``gaussian`` (`SAC.gaussian`:
+    the mean, then the standard deviation): `SAC.sample_action`'s draw, from a Gaussian
+    computed ahead."""
+    mean, std = gaussian.chunk(2, dim=-1)
+    return (mean + std * torch.randn_like(mean)).tanh()
+
+
 class Actor(nn.Module):
     """Gaussian policy head before the tanh: obs -> (mean, log_std), each [..., act_dim]."""
 
@@ -232,6 +240,14 @@ class SAC:
         the log-density that acting, rollouts and TOM's dual would discard (a dozen
         elementwise kernels each time)."""
         return self._pre_tanh(obs)[0].tanh()
+
+    @torch.no_grad()
+    def gaussian(self, obs: Tensor) -> Tensor:
+        """The policy's Gaussian before its tanh at each row of ``obs``: [B, 2·act_dim], the
+        mean, then the standard deviation. For a consumer that draws many actions at the same
+        states while the policy stays fixed (TOM's dual, `draw_squashed`)."""
+        mean, log_std = self.actor(obs)
+        return torch.cat([mean, log_std.exp()], dim=-1)
 
     def _pre_tanh(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean, log_std = self.actor(obs)

@@ -8,13 +8,12 @@ more time than its model fit (3.2 s against 1.9 s per 1 000 real steps; benchmar
 RESULTS.md, sixth session). With ``stack_seeds``, the runs of a population
 (`tom.population`) take these steps together: every member's dual Q is one flat tensor with
 a member axis (`tom.stacking`), so one batched matmul per layer evaluates every member's
-minibatch, and each member's policy samples a′ through a stack of the members' actors;
-likewise every member's discriminator.
+minibatch; likewise every member's discriminator.
 
 What a member computes: the same steps as `TOMObjective._train_dual_alone` (and
-`tom.objectives.tom._train_discriminator_alone`), from the same minibatches, initial states
-and random numbers, drawn ahead by the member from its own random state in the order its
-single run draws them (`draw_dual_work`, `draw_disc_work` there). The networks and their
+`tom.objectives.tom._train_discriminator_alone`), from the same minibatches, initial states,
+sampled actions and random numbers, drawn ahead by the member from its own random state in the
+order its single run draws them (`draw_dual_work`, `draw_disc_work` there). The networks and their
 Adam states are copied into the stack before and back after, so the member's objective is
 then what its own training would leave, up to rounding: batched matmuls do not
 always round as single ones do, and Adam is written out rather than fused
@@ -37,27 +36,17 @@ from tom.objectives.tom import (
     dual_residual,
     f_star,
 )
-from tom.sac import SAC
-from tom.stacking import (
-    Copies,
-    FlatStack,
-    StackedAdam,
-    actor_action,
-    member_parameters,
-    mlp,
-)
+from tom.stacking import Copies, FlatStack, StackedAdam, member_parameters, mlp
 
 
 class StackedDual:
-    """The dual training of P `TOMObjective`s (one TOM config and device), each with its run's
-    policy, as one."""
+    """The dual training of P `TOMObjective`s (one TOM config and device) as one."""
 
     # The members' inputs are stacked this many steps at a time: all 1 000 at once would hold
     # another copy of every member's drawn minibatches (a few GB for ten Humanoid runs).
     STEPS_PER_STACK = 100
 
-    def __init__(self, objectives: list[TOMObjective], agents: list[SAC],
-                 cuda_graph: bool = False) -> None:
+    def __init__(self, objectives: list[TOMObjective], cuda_graph: bool = False) -> None:
         first = objectives[0]
         for objective in objectives[1:]:
             if (objective.tom, objective.gamma, objective.device) != (
@@ -66,15 +55,12 @@ class StackedDual:
                                  f"device; got {objective.tom}, {objective.gamma}, "
                                  f"{objective.device} and {first.tom}, {first.gamma}, "
                                  f"{first.device}")
-        self.objectives, self.agents, self.members = objectives, agents, len(objectives)
+        self.objectives, self.members = objectives, len(objectives)
         self.tom, self.gamma = first.tom, first.gamma
         self._q = FlatStack(member_parameters([o.q for o in objectives]), transposed=True)
-        self._actor = FlatStack(member_parameters([a.actor for a in agents]), transposed=True)
         self._copies = Copies()
         self._copies.add(self._q.member_views(self._q.flat), self._q.members)
         self._adam = StackedAdam(self._q, [o.q_opt for o in objectives], self._copies, "dual")
-        self._copies.add(self._actor.member_views(self._actor.flat), self._actor.members,
-                         store=False)
         self._q.flat.requires_grad_(True)
         self._step = GraphedStep(self._dual_step, enabled=cuda_graph)
 
@@ -97,16 +83,12 @@ class StackedDual:
         return loss
 
     def _dual_step(self, obs: Tensor, act: Tensor, reward: Tensor, next_obs: Tensor,
-                   done: Tensor, rho: Tensor, s0: Tensor, noise_a0: Tensor,
-                   noise_next: Tensor) -> Tensor:
+                   done: Tensor, rho: Tensor, s0: Tensor, a0: Tensor, next_act: Tensor
+                   ) -> Tensor:
         """One dual step of every member, `TOMObjective.dual_minibatch_loss` and its Adam
-        step: [P, row, ...] inputs."""
+        step: [P, row, ...] inputs (`DualWork.tensors`)."""
         del reward  # the dual's ρ takes its place
-        actor = self._actor.layers(self._actor.flat)
-        with torch.no_grad():
-            a0 = actor_action(actor, s0, noise_a0)
-            next_rows = next_obs.repeat(1, self.tom.next_action_samples, 1)
-            next_act = actor_action(actor, next_rows, noise_next)
+        next_rows = next_obs.repeat(1, self.tom.next_action_samples, 1)
         q = self._dual_q(obs, act)
         members, rows = q.shape
         next_v = self._dual_q(next_rows, next_act).view(

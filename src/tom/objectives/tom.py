@@ -17,9 +17,11 @@ the discriminator's log-odds log c/(1−c) between the recent window D^π and R 
 at policy-relevant transitions; the binary variant uses ρ = 1 on D^π, 0 elsewhere.
 
 One refit: (1) train a fresh discriminator, (2) take Adam steps on the warm-started dual Q,
-(3) compute w for every transition in R. The model fit uses w clipped at ``tom.w_max``; the
-rollout starts are drawn ∝ the unclipped w (as the paper's code does: it clips inside the
-model fit only).
+(3) compute w for every transition in R. The policy π is fixed during a refit, so its Gaussian
+(before the tanh) is computed once at every s′ of R and every initial state, and the a′ ~ π(s′)
+and a0 ~ π(s0) of steps (2) and (3) are drawn from it (`PolicyGaussians`). The model fit uses
+w clipped at ``tom.w_max``; the rollout starts are drawn ∝ the unclipped w (as the paper's
+code does: it clips inside the model fit only).
 
 The discriminator follows the paper's code (``Discriminator_SAS``, itself GAIL's discriminator
 with an s, a, s' encoder each): Tanh encoders, the two BCE terms summed, and a WGAN-GP
@@ -44,7 +46,7 @@ from tom.config import TOMConfig
 from tom.cuda_graph import GraphedLoop, GraphedStep
 from tom.objectives.base import RefitContext, ReweightingObjective
 from tom.optim import AdamState, adam, adam_state, descend
-from tom.sac import mlp, xavier_init_
+from tom.sac import draw_squashed, mlp, xavier_init_
 from tom.turns import in_turns, pass_turn, pass_turn_every, together
 
 # exp() of the KL conjugate overflows float32 near 88; residuals that large mean divergence
@@ -304,58 +306,73 @@ class DualQ(nn.Module):
         return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
 
 
-def next_value(q: DualQ, agent, next_obs: Tensor, samples: int) -> Tensor:
-    """V(s') = E_{a'~π(s')} Q(s', a'), averaged over ``samples`` sampled a' per row.
+# -- the policy's actions, and each dual step's inputs ------------------------------------------
 
-    One sample (the paper's code) is unbiased for V but not inside the convex conjugate of the
-    dual, where the noise biases the minimiser; more samples shrink that bias.
+
+@dataclass
+class PolicyGaussians:
+    """The policy's Gaussian before its tanh (`tom.sac.SAC.gaussian`: mean, then standard
+    deviation, [·, 2·act_dim]) at every s′ of the replay buffer (by storage slot) and at every
+    recorded initial state, from which a refit draws a′ ~ π(s′) and a0 ~ π(s0)
+    (`tom.sac.draw_squashed`).
+
+    The policy does not change during a refit, so its actor runs once per row here rather
+    than at every dual step (twice 256 rows, 1 000 steps at the paper preset: a seventh of a
+    dual step's time on 2 CPU threads, benchmarks/RESULTS.md) and again for the weights. The
+    draws are those `SAC.sample_action` would make: the same distribution and random numbers.
     """
-    rows, act = next_state_actions(agent, next_obs, samples)
-    return q(rows, act).view(samples, -1).mean(0)
 
+    next_obs: Tensor
+    initial: Tensor
 
-def next_state_actions(agent, next_obs: Tensor, samples: int) -> tuple[Tensor, Tensor]:
-    """The rows s′ repeated ``samples`` times, and a′ ~ π(s′) for each, drawn without grad."""
-    rows = next_obs.repeat(samples, 1)
-    with torch.no_grad():
-        return rows, agent.sample_action(rows)
-
-
-# -- the dual's random inputs drawn ahead, for runs stacked (tom.stacked_tom) ------------------
+    @classmethod
+    def of(cls, agent, buf: ReplayBuffer, chunk: int = 65_536) -> PolicyGaussians:
+        """``agent``'s (anything with `SAC.gaussian`) at ``buf``'s s′ and initial states, in
+        batches of ``chunk`` rows."""
+        states = buf.initial_states()
+        if len(states) == 0:
+            raise RuntimeError("no initial states recorded yet (call add_initial_state)")
+        next_obs = buf.all().next_obs
+        return cls(torch.cat([agent.gaussian(next_obs[lo:lo + chunk])
+                              for lo in range(0, len(next_obs), chunk)]),
+                   agent.gaussian(states))
 
 
 @dataclass
 class DualWork:
-    """One member's dual steps' random inputs, drawn ahead: [step, ...] each."""
+    """A dual step's inputs (`draw_dual_inputs`), or several steps' stacked [step, ...]
+    (`draw_dual_work`, for runs stacked: `tom.stacked_tom`)."""
 
-    batch: Transition  # minibatches of the replay buffer, [step, row, ·]
-    rho: Tensor  # their shaping rewards, [step, row]
-    s0: Tensor  # initial states, [step, row, obs_dim]
-    noise_a0: Tensor  # the policy's noise for a0 ~ π(s0), [step, row, act_dim]
-    noise_next: Tensor  # for a′ ~ π(s′), next_action_samples per row, [step, k·row, act_dim]
+    batch: Transition  # a minibatch of the replay buffer R, [row, ·]
+    rho: Tensor  # its shaping rewards, [row]
+    s0: Tensor  # initial states, [row, obs_dim]
+    a0: Tensor  # a0 ~ π(s0), [row, act_dim]
+    next_act: Tensor  # a′ ~ π(s′), next_action_samples per row (rows repeated), [k·row, act_dim]
 
     def tensors(self) -> list[Tensor]:
-        return [*self.batch, self.rho, self.s0, self.noise_a0, self.noise_next]
+        return [*self.batch, self.rho, self.s0, self.a0, self.next_act]
 
 
-def draw_dual_work(buf: ReplayBuffer, rho_all: Tensor, cfg: TOMConfig, act_dim: int
-                   ) -> DualWork:
-    """The random inputs of ``cfg.dual_steps`` dual steps (for `tom.stacked_tom`), drawn
-    from the global generators as `TOMObjective._train_dual_alone` draws them, step by step:
-    the minibatch's rows, the initial states' rows, a0's noise, then a′'s."""
+def draw_dual_inputs(buf: ReplayBuffer, rho_all: Tensor, policy: PolicyGaussians,
+                     cfg: TOMConfig) -> DualWork:
+    """One dual step's inputs, drawn in this order: the minibatch's rows (uniform, with
+    replacement), the initial states' rows, a0's noise, then a′'s."""
     rows, device = cfg.dual_batch, buf.device
-    states = buf.initial_states()
-    if len(states) == 0:
-        raise RuntimeError("no initial states recorded yet (call add_initial_state)")
-    idx, s0_idx, noise_a0, noise_next = [], [], [], []
-    for _ in range(cfg.dual_steps):
-        idx.append(torch.randint(len(buf), (rows,), device=device))
-        s0_idx.append(torch.randint(len(states), (rows,), device=device))
-        noise_a0.append(torch.randn(rows, act_dim, device=device))
-        noise_next.append(torch.randn(cfg.next_action_samples * rows, act_dim, device=device))
-    idx_all = torch.stack(idx)
-    return DualWork(buf.get(idx_all), rho_all[idx_all], states[torch.stack(s0_idx)],
-                    torch.stack(noise_a0), torch.stack(noise_next))
+    idx = torch.randint(len(buf), (rows,), device=device)
+    s0_idx = torch.randint(len(policy.initial), (rows,), device=device)
+    a0 = draw_squashed(policy.initial[s0_idx])
+    next_act = draw_squashed(policy.next_obs[idx].repeat(cfg.next_action_samples, 1))
+    return DualWork(buf.get(idx), rho_all[idx], buf.initial_states()[s0_idx], a0, next_act)
+
+
+def draw_dual_work(buf: ReplayBuffer, rho_all: Tensor, policy: PolicyGaussians,
+                   cfg: TOMConfig) -> DualWork:
+    """The inputs of ``cfg.dual_steps`` dual steps, stacked (for `tom.stacked_tom`), drawn
+    from the global generators as `TOMObjective._train_dual_alone` draws them."""
+    steps = [draw_dual_inputs(buf, rho_all, policy, cfg) for _ in range(cfg.dual_steps)]
+    stacked = [torch.stack(parts) for parts in zip(*(w.tensors() for w in steps), strict=True)]
+    fields = len(Transition._fields)
+    return DualWork(Transition(*stacked[:fields]), *stacked[fields:])
 
 
 # -- the objective ------------------------------------------------------------------------------
@@ -380,8 +397,7 @@ class TOMObjective(ReweightingObjective):
                                 if cfg.compile and self.cuda_graph else None)
         self._dual_step_whole = (
             compiled(self._dual_step, True,
-                     fallback=lambda agent, batch, rho, s0, state:
-                     self._dual_step(agent, batch, rho, s0, self.q_opt))
+                     fallback=lambda inputs, state: self._dual_step(inputs, self.q_opt))
             if cfg.compile and not self.cuda_graph else None)
         # The discriminator (its gradient penalty's double backward) is compiled only whole.
         self._disc_step_whole = (
@@ -399,8 +415,9 @@ class TOMObjective(ReweightingObjective):
         buf = ctx.buffer
         recent = buf.recent_mask(self.tom.recent_window)
         disc_stats, rho = self._shaping_reward(buf, recent)
-        dual_stats = self._train_dual(buf, ctx.agent, rho)
-        self.raw_weights = self._all_weights(buf, ctx.agent, rho)
+        policy = PolicyGaussians.of(ctx.agent, buf)
+        dual_stats = self._train_dual(buf, policy, rho)
+        self.raw_weights = self._all_weights(buf, policy, rho)
         self.weights = torch.clamp(self.raw_weights, max=self.tom.w_max)
         self.rounds += 1
         self._stats = {**disc_stats, **dual_stats, "tom_rounds": float(self.rounds)}
@@ -425,26 +442,23 @@ class TOMObjective(ReweightingObjective):
 
     # Step 2: Adam steps on the dual, warm-started from the last round; in a population that
     # stacks its runs' work (stack_seeds), with the other runs' as one (tom.stacked_tom).
-    def _train_dual(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> dict[str, float]:
+    def _train_dual(self, buf: ReplayBuffer, policy: PolicyGaussians, rho_all: Tensor
+                    ) -> dict[str, float]:
         loss = together(
-            "dual", lambda: self._train_dual_alone(buf, agent, rho_all),
-            lambda: (self, agent, draw_dual_work(buf, rho_all, self.tom, self.act_dim)))
+            "dual", lambda: self._train_dual_alone(buf, policy, rho_all),
+            lambda: (self, draw_dual_work(buf, rho_all, policy, self.tom)))
         return {"dual_loss": loss.item()}
 
-    def _train_dual_alone(self, buf: ReplayBuffer, agent, rho_all: Tensor) -> Tensor:
-        """The dual steps; the last one's loss. Each step draws, in this order: the
-        minibatch's rows, the initial states' rows, a0's noise, a′'s noise (what
-        `draw_dual_work` draws ahead)."""
+    def _train_dual_alone(self, buf: ReplayBuffer, policy: PolicyGaussians, rho_all: Tensor
+                          ) -> Tensor:
+        """The dual steps, each on inputs from `draw_dual_inputs`; the last one's loss."""
         t = self.tom
-        n = len(buf)
 
         def minibatch_step() -> Tensor:
-            idx = torch.randint(n, (t.dual_batch,), device=self.device)
-            batch = buf.get(idx)
-            s0 = buf.sample_initial_states(t.dual_batch)
+            inputs = draw_dual_inputs(buf, rho_all, policy, t)
             if self._dual_step_whole is None:
-                return self._dual_step(agent, batch, rho_all[idx], s0, self.q_opt)
-            return self._dual_step_whole(agent, batch, rho_all[idx], s0, adam_state(self.q_opt))
+                return self._dual_step(inputs, self.q_opt)
+            return self._dual_step_whole(inputs, adam_state(self.q_opt))
 
         # Graphs per refit (tom.cuda_graph): the buffer and ρ are new tensors each refit.
         steps = GraphedLoop(minibatch_step, self.graph_steps, enabled=self.cuda_graph)
@@ -452,41 +466,40 @@ class TOMObjective(ReweightingObjective):
         # runs while these steps do.
         return in_turns(steps, t.dual_steps, steps.per_graph)
 
-    def _dual_step(self, agent, batch: Transition, rho: Tensor, s0: Tensor,
-                   optimizer: torch.optim.Optimizer | AdamState) -> Tensor:
+    def _dual_step(self, inputs: DualWork, optimizer: torch.optim.Optimizer | AdamState
+                   ) -> Tensor:
         """One Adam step on the dual loss of a minibatch (`tom.optim.descend`); the loss,
         detached."""
-        loss = (self._dual_step_loss or self.dual_minibatch_loss)(agent, batch, rho, s0)
+        loss = (self._dual_step_loss or self.dual_minibatch_loss)(inputs)
         descend(loss, optimizer)
         return loss.detach()
 
-    def dual_minibatch_loss(self, agent, batch: Transition, rho: Tensor, s0: Tensor) -> Tensor:
-        """The dual loss on one minibatch of R (with its ρ) and of initial states s0;
-        differentiable in the dual Q only (the policy's actions are drawn without grad)."""
-        samples = self.tom.next_action_samples
-        with torch.no_grad():
-            a0 = agent.sample_action(s0)
-        next_rows, next_act = next_state_actions(agent, batch.next_obs, samples)
+    def dual_minibatch_loss(self, inputs: DualWork) -> Tensor:
+        """The dual loss on one minibatch of R (with its ρ and its sampled a′) and of initial
+        states s0 (with their a0); differentiable in the dual Q."""
+        batch, samples = inputs.batch, self.tom.next_action_samples
+        next_rows = batch.next_obs.repeat(samples, 1)
         # One forward pass of the dual Q for the three batches (their rows do not interact):
         # a third of the operations.
-        q, next_q, q0 = self.q(torch.cat([batch.obs, next_rows, s0]),
-                               torch.cat([batch.act, next_act, a0])
-                               ).split([len(batch.obs), len(next_rows), len(s0)])
-        residual = dual_residual(rho, q, next_q.view(samples, -1).mean(0), batch.done,
+        q, next_q, q0 = self.q(torch.cat([batch.obs, next_rows, inputs.s0]),
+                               torch.cat([batch.act, inputs.next_act, inputs.a0])
+                               ).split([len(batch.obs), len(next_rows), len(inputs.s0)])
+        residual = dual_residual(inputs.rho, q, next_q.view(samples, -1).mean(0), batch.done,
                                  self.gamma)
         return dual_loss(q0, residual, self.gamma, self.tom.divergence)
 
     # Step 3: unclipped weights for every transition in R, batched, no grad.
     @torch.no_grad()
-    def _all_weights(self, buf: ReplayBuffer, agent, rho_all: Tensor,
+    def _all_weights(self, buf: ReplayBuffer, policy: PolicyGaussians, rho_all: Tensor,
                      chunk: int = 65_536) -> Tensor:
-        data, parts = buf.all(), []
+        data, parts, samples = buf.all(), [], self.tom.next_action_samples
         for lo in range(0, data.size, chunk):
             sl = slice(lo, lo + chunk)
             batch = data.index(sl)
-            residual = dual_residual(rho_all[sl], self.q(batch.obs, batch.act),
-                                     next_value(self.q, agent, batch.next_obs,
-                                                self.tom.next_action_samples),
+            # V(s′) = E_{a′~π(s′)} Q(s′, a′), averaged over the sampled a′ of each row.
+            next_act = draw_squashed(policy.next_obs[sl].repeat(samples, 1))
+            next_v = self.q(batch.next_obs.repeat(samples, 1), next_act).view(samples, -1).mean(0)
+            residual = dual_residual(rho_all[sl], self.q(batch.obs, batch.act), next_v,
                                      batch.done, self.gamma)
             parts.append(occupancy_weights(residual, self.tom.divergence))
         weights = torch.cat(parts)
