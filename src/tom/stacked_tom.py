@@ -12,10 +12,10 @@ minibatch; likewise every member's discriminator.
 
 What a member computes: the same steps as `TOMObjective._train_dual_alone` (and
 `tom.objectives.tom._train_discriminator_alone`), from the same minibatches, initial states,
-sampled actions and random numbers, drawn ahead by the member from its own random state in the
-order its single run draws them (`draw_dual_work`, `draw_disc_work` there). The networks and their
-Adam states are copied into the stack before and back after, so the member's objective is
-then what its own training would leave, up to rounding: batched matmuls do not
+sampled actions and random numbers, drawn ahead by the member from its own random state in
+the order its single run draws them (`draw_dual_work`, `draw_disc_work` there). The networks
+and their Adam states are copied into the stack before and back after, so the member's
+objective is then what its own training would leave, up to rounding: batched matmuls do not
 always round as single ones do, and Adam is written out rather than fused
 (tests/test_stacked_tom.py).
 """
