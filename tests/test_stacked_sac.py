@@ -164,8 +164,8 @@ def test_stacked_policy_acts_as_each_members_own_policy():
 
 
 def test_an_action_alone_is_the_sampled_action_bit_for_bit():
-    """`actor_action` (stacked acting) is `actor_sample`'s action
-    exactly, also where the log-standard deviations are clamped (large inputs)."""
+    """`actor_action` (stacked acting) is `actor_sample`'s action exactly, also where the
+    log-standard deviations are clamped (large inputs)."""
     torch.manual_seed(0)
     layers = [(torch.randn(2, 5, 16), torch.randn(2, 1, 16)),
               (torch.randn(2, 16, 2 * ACT_DIM), torch.randn(2, 1, 2 * ACT_DIM))]
