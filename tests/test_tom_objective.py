@@ -45,9 +45,10 @@ def _chain_mdp(choice: tuple[int, ...]):
 
 # The policy's action in each state: one action everywhere, or one that depends on the state
 # (which only a′ and a0 drawn at their own rows' states get right). With the discriminator's ρ
-# and the policy by state, the dual lands 17-30 % off the exact ratio on one pair, after 2 000
-# steps or 4 000, whether a′ and a0 come from `PolicyGaussians` or from the policy at each
-# step (as before it): a harder optimisation, not the draws, so that case is left out.
+# and the policy by state, the dual lands 17-32 % off the exact ratio on one pair, after the
+# 2 000 steps below or 4 000 at a third of the learning rate, whether a′ and a0 come from
+# `PolicyGaussians` or from the policy at each step (as before it): a harder optimisation,
+# not the draws, so that case is left out.
 POLICIES = {"one action": (1, 1, 1, 1, 1), "by state": (0, 1, 1, 0, 1)}
 
 
