@@ -78,11 +78,12 @@ def test_add_batch_larger_than_capacity_keeps_the_newest():
 def test_initial_states_ring():
     buf = ReplayBuffer(10, 2, 1, initial_capacity=3)
     with pytest.raises(RuntimeError, match="no initial states"):
-        buf.sample_initial_states(2)
+        buf.require_initial_states()
+    assert len(buf.initial_states()) == 0
     for i in range(5):
         buf.add_initial_state(torch.full((2,), float(i)))
     assert sorted(buf.initial_states()[:, 0].tolist()) == [2.0, 3.0, 4.0]
-    assert set(buf.sample_initial_states(100)[:, 0].tolist()) <= {2.0, 3.0, 4.0}
+    assert torch.equal(buf.require_initial_states(), buf.initial_states())
 
 
 def test_empty_buffer_and_bad_weights_raise():

@@ -201,11 +201,13 @@ class ReplayBuffer:
         """All recorded initial observations of real episodes (D_0)."""
         return self._init[: min(self.initial_inserted, self._init.shape[0])]
 
-    def sample_initial_states(self, batch_size: int) -> Tensor:
+    def require_initial_states(self) -> Tensor:
+        """`initial_states`, or a clear error before any compute where none are recorded yet
+        (TOM's dual draws s0 from them)."""
         states = self.initial_states()
         if len(states) == 0:
             raise RuntimeError("no initial states recorded yet (call add_initial_state)")
-        return states[torch.randint(len(states), (batch_size,), device=self.device)]
+        return states
 
     def _require_data(self) -> None:
         if len(self) == 0:

@@ -329,9 +329,7 @@ class PolicyGaussians:
     def of(cls, agent, buf: ReplayBuffer, chunk: int = 65_536) -> PolicyGaussians:
         """``agent``'s (anything with `SAC.gaussian`) at ``buf``'s s′ and initial states, in
         batches of ``chunk`` rows."""
-        states = buf.initial_states()
-        if len(states) == 0:
-            raise RuntimeError("no initial states recorded yet (call add_initial_state)")
+        states = buf.require_initial_states()
         next_obs = buf.all().next_obs
         return cls(torch.cat([agent.gaussian(next_obs[lo:lo + chunk])
                               for lo in range(0, len(next_obs), chunk)]),
