@@ -12,16 +12,24 @@ backward passes and the three Adam steps), one TOM dual step, one step of TOM's 
 and one minibatch step of the model's fit (the mixture-density network; likewise), at the paper
 preset's sizes on the CPU. The counts are the same on every machine and run: a change's
 effect on them needs no GPU to measure.
+
+It also counts each step's floating-point operations in matrix products (with torch's
+`flop_counter` rules) and times this machine's 256×256×256 float32 product on ``--threads``
+threads: the products' floor, the time each step would take if its products ran at that rate
+and nothing else took time, to hold against the steps' measured times (`tom bench`).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections import Counter
 from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from tom.buffer import ReplayBuffer, Transition
 from tom.config import resolve
@@ -48,25 +56,48 @@ class _Counting(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.flops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name not in VIEWS:
             self.ops[name] += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in flop_registry:  # the products (torch.utils.flop_counter)
+            self.flops += flop_registry[func.overloadpacket](*args, **(kwargs or {}),
+                                                             out_val=out)
+        return out
 
 
-def count(step: Callable[[], object]) -> Counter[str]:
-    """The kernel-running operations of one call of ``step``, by name."""
+def count(step: Callable[[], object]) -> tuple[Counter[str], int]:
+    """The kernel-running operations of one call of ``step``, by name, and the floating-point
+    operations of its matrix products. (torch's `FlopCounterMode` would count the same, but
+    its module hooks fail inside the discriminator's `autograd.grad`.)"""
     mode = _Counting()
     with mode:
         step()
-    return mode.ops
+    return mode.ops, mode.flops
+
+
+def gemm_rate(threads: int, size: int = 256) -> float:
+    """This machine's float32 rate (FLOP/s) on a ``size``³ product, median of 7 × 1 000."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(200):
+        a @ b
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(1000):
+            a @ b
+        times.append((time.perf_counter() - start) / 1000)
+    return 2 * size**3 / statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="hopper")
+    parser.add_argument("--threads", type=int, default=2, help="for the product's rate")
     args = parser.parse_args()
     cfg = resolve(args.env, "tom", preset="paper")
     task = get_task(args.env)
@@ -121,15 +152,19 @@ def main() -> None:
         "a TOM discriminator step": disc_step,
         f"a model-fit minibatch step ({cfg.model.kind})": model_step,
     }
+    rate = gemm_rate(args.threads)
     print(f"{args.env}, paper preset: kernels per step (a GPU's launches outside graphs, "
-          "or kernels inside one)")
-    print("| step | kernels | most frequent |")
-    print("| --- | --- | --- |")
+          "or kernels inside one), and the floating-point operations of its matrix products")
+    print(f"(the products' floor: at this machine's 256³ float32 rate, {rate / 1e9:.0f} GFLOP/s "
+          f"on {args.threads} thread(s))")
+    print("| step | kernels | most frequent | product GFLOP | products' floor (ms) |")
+    print("| --- | --- | --- | --- | --- |")
     for name, step in steps.items():
         step()  # first calls create the optimisers' moments
-        ops = count(step)
+        ops, flops = count(step)
         common = ", ".join(f"{op} {n}" for op, n in ops.most_common(4))
-        print(f"| {name} | {sum(ops.values())} | {common} |")
+        print(f"| {name} | {sum(ops.values())} | {common} | {flops / 1e9:.3f} "
+              f"| {flops / rate * 1e3:.3f} |")
 
 
 if __name__ == "__main__":
