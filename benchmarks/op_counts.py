@@ -22,12 +22,11 @@ and nothing else took time, to hold against the steps' measured times (`tom benc
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections import Counter
 from collections.abc import Callable
 
 import torch
+from throughput import median_time  # benchmarks/throughput.py, next to this script
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -83,15 +82,7 @@ def gemm_rate(threads: int, size: int = 256) -> float:
     """This machine's float32 rate (FLOP/s) on a ``size``³ product, median of 7 × 1 000."""
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(200):
-        a @ b
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        for _ in range(1000):
-            a @ b
-        times.append((time.perf_counter() - start) / 1000)
-    return 2 * size**3 / statistics.median(times)
+    return 2 * size**3 / median_time(lambda: a @ b, repeats=7, inner=1000, warmup=200)
 
 
 def main() -> None:
